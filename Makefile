@@ -1,0 +1,29 @@
+# Every target runs inside the environment made by `make setup` (bin/matta-env).
+ENV := bin/matta-env
+PYTEST_ARGS ?=
+
+.PHONY: setup test lint demo bench bench-smoke lock clean
+setup:
+	bin/setup-env
+
+test:
+	$(ENV) python -m pytest $(PYTEST_ARGS)
+
+lint:
+	$(ENV) ruff check matta_tf components pipelines serving bench tests
+
+demo:
+	$(ENV) matta demo
+
+bench:
+	$(ENV) python -m bench.run --full
+
+bench-smoke:
+	$(ENV) python -m bench.run --smoke
+
+# Regenerate requirements.lock from setup.py inside the environment.
+lock:
+	$(ENV) bin/lock-deps
+
+clean:
+	rm -rf .venv .matta-env .pytest_cache build *.egg-info
