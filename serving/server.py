@@ -1,0 +1,745 @@
+"""`matta serve`: a local server speaking TensorFlow Serving's gRPC and REST APIs.
+
+For machines where `tensorflow_model_server` cannot be installed. It reads the same
+`models.config` and `<base_path>/<version>/saved_model.pb` layout, loads each version with
+`tf.saved_model.load`, replays its `assets.extra/tf_serving_warmup_requests`, and answers:
+
+gRPC (official generated servicers from tensorflow-serving-api):
+  PredictionService.Predict, PredictionService.GetModelMetadata (signature_def),
+  ModelService.GetModelStatus. Classify/Regress/MultiInference answer UNIMPLEMENTED.
+REST (TF Serving's api_rest.md wire format):
+  POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict   `instances` | `inputs`
+       -> `{"predictions": ...}` | `{"outputs": ...}`; binary strings as `{"b64": ...}`
+  GET  /v1/models/{name}[/versions/{v}|/labels/{l}]           GetModelStatusResponse JSON
+  GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata  GetModelMetadataResponse JSON
+  errors: `{"error": "<message>"}` with the HTTP code TF Serving maps the status to.
+
+Status semantics follow TF Serving's server_core.cc: unknown model or version ->
+NOT_FOUND ("Servable not found for request: ..."); unknown version label ->
+INVALID_ARGUMENT ("Unrecognized servable version label: ..."); malformed input ->
+INVALID_ARGUMENT.
+
+Hardening: request bodies above `max_request_bytes` are refused before being read (REST 413,
+gRPC RESOURCE_EXHAUSTED via max_receive_message_length); model names and labels must
+match `serving.config.NAME_PATTERN` and are only ever looked up in the loaded table, never
+joined into a path; at most `max_concurrency` predictions run at once and the rest wait
+up to `queue_timeout_s` then get RESOURCE_EXHAUSTED; `stop()` refuses new work
+(UNAVAILABLE), lets in-flight requests finish within a grace period, then closes.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import logging
+import os
+import re
+import signal
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Mapping
+
+import numpy as np
+
+from serving import config as serving_config
+
+log = logging.getLogger("matta.serve")
+
+# TF Serving's mapping of canonical status codes to HTTP (util/net_http + http_rest_api_handler).
+HTTP_STATUS = {
+    "OK": 200, "CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 400,
+    "DEADLINE_EXCEEDED": 504, "NOT_FOUND": 404, "ALREADY_EXISTS": 409,
+    "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 429, "FAILED_PRECONDITION": 400,
+    "ABORTED": 409, "OUT_OF_RANGE": 400, "UNIMPLEMENTED": 501, "INTERNAL": 500,
+    "UNAVAILABLE": 503, "DATA_LOSS": 500, "UNAUTHENTICATED": 401,
+}
+
+
+class ServingError(Exception):
+    """An error with a canonical status code name (`NOT_FOUND`, `INVALID_ARGUMENT`, ...)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS.get(self.code, 500)
+
+
+@dataclasses.dataclass
+class Signature:
+    name: str
+    function: Any
+    inputs: dict[str, Any]  # name -> tf.TensorSpec
+    outputs: dict[str, Any]
+
+
+@dataclasses.dataclass
+class LoadedVersion:
+    model_name: str
+    version: int
+    path: str
+    obj: Any
+    signatures: dict[str, Signature]
+    signature_def_map: Any  # tensorflow_serving.apis.get_model_metadata_pb2.SignatureDefMap
+    load_seconds: float = 0.0
+    warmup_requests: int = 0
+
+
+def _load_version(model_name: str, version: int, path: str) -> LoadedVersion:
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    pb_path = os.path.join(path, "saved_model.pb")
+    if not os.path.isfile(pb_path):
+        raise FileNotFoundError(f"model {model_name!r} version {version}: no saved_model.pb in {path}")
+    start = time.perf_counter()
+    obj = tf.saved_model.load(path)
+    signatures = {}
+    for name, fn in obj.signatures.items():
+        _, kwargs = fn.structured_input_signature
+        signatures[name] = Signature(name, fn, dict(kwargs), dict(fn.structured_outputs))
+    if "serving_default" not in signatures:
+        raise ValueError(f"model {model_name!r} version {version} ({path}) has no "
+                         f"serving_default signature; it has {sorted(signatures)}")
+    saved = saved_model_pb2.SavedModel()
+    with open(pb_path, "rb") as f:
+        saved.ParseFromString(f.read())
+    sig_map = get_model_metadata_pb2.SignatureDefMap()
+    for key, sig in saved.meta_graphs[0].signature_def.items():
+        if not key.startswith("__"):
+            sig_map.signature_def[key].CopyFrom(sig)
+    return LoadedVersion(model_name, version, path, obj, signatures, sig_map,
+                         load_seconds=time.perf_counter() - start)
+
+
+class ModelRegistry:
+    """The loaded servables of a `models.config`; immutable after `load`."""
+
+    def __init__(self, models: list[serving_config.ServedModel],
+                 versions: dict[str, dict[int, LoadedVersion]]):
+        self.models = {m.name: m for m in models}
+        self.versions = versions
+
+    @classmethod
+    def load(cls, models_config_path: str, warmup: bool = True) -> ModelRegistry:
+        models = serving_config.parse_models_config(models_config_path)
+        versions: dict[str, dict[int, LoadedVersion]] = {}
+        for model in models:
+            versions[model.name] = {}
+            for v in model.all_versions():
+                path = os.path.join(model.base_path, str(v))
+                loaded = _load_version(model.name, v, path)
+                if warmup:
+                    loaded.warmup_requests = _run_warmup(loaded)
+                versions[model.name][v] = loaded
+                log.info("loaded %s version %d from %s in %.2fs (%d warm-up requests)",
+                         model.name, v, path, loaded.load_seconds, loaded.warmup_requests)
+        return cls(models, versions)
+
+    def resolve(self, name: str, version: int | None = None,
+                label: str | None = None) -> LoadedVersion:
+        if not isinstance(name, str) or not serving_config.NAME_PATTERN.match(name):
+            raise ServingError("INVALID_ARGUMENT", f"Invalid model name: {name!r}")
+        if name not in self.models:
+            what = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
+            raise ServingError("NOT_FOUND", f"Servable not found for request: {what}")
+        if version is not None and label is not None:
+            raise ServingError("INVALID_ARGUMENT",
+                               "Both version and version_label are set in model_spec")
+        if label is not None:
+            if not serving_config.NAME_PATTERN.match(label):
+                raise ServingError("INVALID_ARGUMENT", f"Invalid version label: {label!r}")
+            if label not in self.models[name].labels:
+                raise ServingError("INVALID_ARGUMENT",
+                                   f"Unrecognized servable version label: {label}")
+            version = self.models[name].labels[label]
+        available = self.versions[name]
+        if version is None:
+            version = max(available)
+        if version not in available:
+            raise ServingError("NOT_FOUND",
+                               f"Servable not found for request: Specific({name}, {version})")
+        return available[version]
+
+
+def _run_warmup(loaded: LoadedVersion) -> int:
+    """Replays `assets.extra/tf_serving_warmup_requests` like TF Serving does at load time."""
+    import tensorflow as tf
+
+    path = os.path.join(loaded.path, serving_config.WARMUP_RELATIVE_PATH)
+    if not os.path.exists(path):
+        return 0
+    count = 0
+    for record in serving_config.read_warmup_requests(path):
+        if record.WhichOneof("log_type") != "predict_log":
+            continue
+        request = record.predict_log.request
+        inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+        run_signature(loaded, request.model_spec.signature_name or "serving_default", inputs)
+        count += 1
+    return count
+
+
+_TF_DTYPE_TO_NUMPY = {
+    "float32": np.float32, "float64": np.float64, "int32": np.int32, "int64": np.int64,
+    "bool": np.bool_, "string": object,
+}
+
+
+def _coerce_input(name: str, value: Any, spec) -> np.ndarray:
+    """Checks one input against the signature's TensorSpec; INVALID_ARGUMENT on mismatch."""
+    dtype = spec.dtype.name
+    try:
+        if dtype == "string":
+            arr = np.asarray(value, dtype=object)
+            flat = arr.reshape(-1)
+            for i, item in enumerate(flat):
+                if isinstance(item, str):
+                    flat[i] = item.encode("utf-8")
+                elif not isinstance(item, bytes):
+                    raise TypeError(f"element {i} is {type(item).__name__}, not a string")
+        elif dtype in _TF_DTYPE_TO_NUMPY:
+            arr = np.asarray(value)
+            if arr.dtype == object or arr.dtype.kind in "USV":
+                raise TypeError(f"got {arr.dtype} values")
+            arr = arr.astype(_TF_DTYPE_TO_NUMPY[dtype])
+        else:
+            raise TypeError(f"unsupported input dtype {dtype}")
+    except (TypeError, ValueError) as err:
+        raise ServingError("INVALID_ARGUMENT",
+                           f"input '{name}': expected {dtype} values: {err}") from None
+    shape = spec.shape
+    if shape.rank is not None:
+        if arr.ndim != shape.rank:
+            raise ServingError("INVALID_ARGUMENT",
+                               f"input '{name}': expected rank {shape.rank} ({shape}), "
+                               f"got shape {list(arr.shape)}")
+        for i, (want, got) in enumerate(zip(shape.as_list(), arr.shape, strict=True)):
+            if want is not None and want != got:
+                raise ServingError("INVALID_ARGUMENT",
+                                   f"input '{name}': dimension {i} must be {want}, got {got}")
+    return arr
+
+
+def run_signature(loaded: LoadedVersion, signature_name: str,
+                  inputs: Mapping[str, Any], output_filter=()) -> dict[str, np.ndarray]:
+    """Validates inputs against the signature, runs it, returns numpy outputs."""
+    import tensorflow as tf
+
+    signature_name = signature_name or "serving_default"
+    sig = loaded.signatures.get(signature_name)
+    if sig is None:
+        raise ServingError("INVALID_ARGUMENT",
+                           f"Serving signature name: \"{signature_name}\" not found in signature def")
+    missing = sorted(set(sig.inputs) - set(inputs))
+    extra = sorted(set(inputs) - set(sig.inputs))
+    if missing or extra:
+        raise ServingError("INVALID_ARGUMENT",
+                           f"signature '{signature_name}' of model {loaded.model_name} expects "
+                           f"inputs {sorted(sig.inputs)}; missing {missing}, unexpected {extra}")
+    arrays = {k: _coerce_input(k, v, sig.inputs[k]) for k, v in inputs.items()}
+    batch = {a.shape[0] for a in arrays.values() if a.ndim > 0}
+    if len(batch) > 1:
+        raise ServingError("INVALID_ARGUMENT",
+                           f"all inputs must have equal 0th-dimension size, got {sorted(batch)}")
+    unknown = sorted(set(output_filter) - set(sig.outputs))
+    if unknown:
+        raise ServingError("INVALID_ARGUMENT",
+                           f"output tensor alias not found in signature: {unknown}")
+    try:
+        result = sig.function(**{k: tf.constant(v, dtype=sig.inputs[k].dtype)
+                                 for k, v in arrays.items()})
+    except tf.errors.InvalidArgumentError as err:
+        raise ServingError("INVALID_ARGUMENT", err.message) from None
+    except (tf.errors.OpError, ValueError, TypeError) as err:
+        raise ServingError("INTERNAL", f"running {signature_name}: {err}") from None
+    names = list(output_filter) or sorted(result)
+    return {k: result[k].numpy() for k in names}
+
+
+# ---------------------------------------------------------------------------- REST wire format
+
+def _decode_json_value(value: Any, dtype: str) -> Any:
+    """JSON value -> nested python lists, decoding `{"b64": ...}` for string tensors."""
+    if isinstance(value, list):
+        return [_decode_json_value(v, dtype) for v in value]
+    if isinstance(value, dict):
+        if set(value) == {"b64"} and isinstance(value["b64"], str):
+            try:
+                return base64.b64decode(value["b64"], validate=True)
+            except ValueError as err:
+                raise ServingError("INVALID_ARGUMENT", f"invalid base64 value: {err}") from None
+        raise ServingError("INVALID_ARGUMENT",
+                           f"unexpected JSON object {sorted(value)[:3]} where a tensor value was expected")
+    if dtype == "string" and not isinstance(value, str):
+        raise ServingError("INVALID_ARGUMENT", f"expected a string value, got {value!r}")
+    if dtype != "string" and (isinstance(value, str) or value is None):
+        raise ServingError("INVALID_ARGUMENT", f"expected a number, got {value!r}")
+    return value
+
+
+def parse_rest_predict(body: Any, sig_inputs: Mapping[str, Any]) -> tuple[dict, str]:
+    """Parses a :predict JSON body -> (inputs, "row"|"columnar")."""
+    if not isinstance(body, dict):
+        raise ServingError("INVALID_ARGUMENT", "request body must be a JSON object")
+    unknown = sorted(set(body) - {"signature_name", "instances", "inputs"})
+    if unknown:
+        raise ServingError("INVALID_ARGUMENT", f"unexpected keys in request: {unknown}")
+    has_instances, has_inputs = "instances" in body, "inputs" in body
+    if has_instances == has_inputs:
+        raise ServingError("INVALID_ARGUMENT",
+                           "Missing 'inputs' or 'instances' key" if not has_instances else
+                           "Request can have either 'inputs' or 'instances' key but not both")
+    names = list(sig_inputs)
+    dtypes = {k: sig_inputs[k].dtype.name for k in names}
+    if has_instances:
+        rows = body["instances"]
+        if not isinstance(rows, list) or not rows:
+            raise ServingError("INVALID_ARGUMENT", "'instances' must be a non-empty JSON list")
+        columns: dict[str, list] = {k: [] for k in names}
+        for i, row in enumerate(rows):
+            named = isinstance(row, dict) and not (set(row) == {"b64"})
+            if len(names) == 1 and not named:
+                columns[names[0]].append(_decode_json_value(row, dtypes[names[0]]))
+                continue
+            if not named:
+                raise ServingError("INVALID_ARGUMENT",
+                                   f"instances[{i}]: expected an object with keys {names}")
+            if set(row) != set(names):
+                raise ServingError("INVALID_ARGUMENT",
+                                   f"instances[{i}]: keys {sorted(row)} do not match the "
+                                   f"signature inputs {sorted(names)}")
+            for k in names:
+                columns[k].append(_decode_json_value(row[k], dtypes[k]))
+        return columns, "row"
+    value = body["inputs"]
+    if len(names) == 1 and not (isinstance(value, dict) and set(value) == {names[0]}):
+        return {names[0]: _decode_json_value(value, dtypes[names[0]])}, "columnar"
+    if not isinstance(value, dict):
+        raise ServingError("INVALID_ARGUMENT", f"'inputs' must be an object with keys {names}")
+    return {k: _decode_json_value(v, dtypes.get(k, "string")) for k, v in value.items()}, "columnar"
+
+
+def _json_value(name: str, arr: np.ndarray) -> Any:
+    if arr.dtype == object or arr.dtype.kind == "S":
+        def enc(x):
+            if isinstance(x, list):
+                return [enc(v) for v in x]
+            if name.endswith("_bytes"):
+                return {"b64": base64.b64encode(x).decode("ascii")}
+            return x.decode("utf-8", errors="replace") if isinstance(x, bytes) else x
+        return enc(arr.tolist())
+    return arr.tolist()
+
+
+def format_rest_predict(outputs: Mapping[str, np.ndarray], form: str) -> dict:
+    names = sorted(outputs)
+    if form == "columnar":
+        if len(names) == 1:
+            return {"outputs": _json_value(names[0], outputs[names[0]])}
+        return {"outputs": {k: _json_value(k, outputs[k]) for k in names}}
+    values = {k: _json_value(k, outputs[k]) for k in names}
+    if len(names) == 1:
+        return {"predictions": values[names[0]]}
+    sizes = {len(v) if isinstance(v, list) else -1 for v in values.values()}
+    if len(sizes) != 1 or -1 in sizes:
+        raise ServingError("INVALID_ARGUMENT", "outputs do not share a 0th dimension; "
+                                               "use the columnar 'inputs' request format")
+    n = sizes.pop()
+    return {"predictions": [{k: values[k][i] for k in names} for i in range(n)]}
+
+
+# ------------------------------------------------------------------------------ the server core
+
+@dataclasses.dataclass
+class ServerOptions:
+    host: str = "127.0.0.1"
+    grpc_port: int = 8500  # 0 = pick a free port
+    rest_port: int = 8501  # 0 = pick a free port; -1 = no REST
+    max_request_bytes: int = 8 * 1024 * 1024
+    max_concurrency: int = 4  # predictions running at once
+    queue_timeout_s: float = 5.0  # wait for a slot before RESOURCE_EXHAUSTED
+    grpc_threads: int = 8
+    grace_s: float = 5.0
+    warmup: bool = True
+
+
+class ModelServer:
+    """Serves a `ModelRegistry` over gRPC and REST. Use `start()` / `stop()` or a `with`."""
+
+    def __init__(self, registry: ModelRegistry, options: ServerOptions | None = None):
+        self.registry = registry
+        self.options = options or ServerOptions()
+        self._slots = threading.BoundedSemaphore(self.options.max_concurrency)
+        self._draining = threading.Event()
+        self._inflight = 0
+        self._inflight_cv = threading.Condition()
+        self._grpc = None
+        self._http = None
+        self._http_thread = None
+        self.grpc_port = None
+        self.rest_port = None
+        self.stats = {"requests": 0, "errors": 0}
+
+    @classmethod
+    def from_config(cls, models_config_path: str, options: ServerOptions | None = None):
+        options = options or ServerOptions()
+        return cls(ModelRegistry.load(models_config_path, warmup=options.warmup), options)
+
+    # -- request admission: bounded concurrency + draining
+    def _admit(self):
+        if self._draining.is_set():
+            raise ServingError("UNAVAILABLE", "server is shutting down")
+        if not self._slots.acquire(timeout=self.options.queue_timeout_s):
+            raise ServingError("RESOURCE_EXHAUSTED",
+                               f"server busy: {self.options.max_concurrency} predictions running "
+                               f"and none finished within {self.options.queue_timeout_s}s")
+        with self._inflight_cv:
+            self._inflight += 1
+
+    def _release(self):
+        self._slots.release()
+        with self._inflight_cv:
+            self._inflight -= 1
+            self._inflight_cv.notify_all()
+
+    def predict(self, name, version, label, signature_name, inputs, output_filter=()):
+        self.stats["requests"] += 1
+        loaded = self.registry.resolve(name, version, label)
+        self._admit()
+        try:
+            return loaded, run_signature(loaded, signature_name, inputs, output_filter)
+        finally:
+            self._release()
+
+    def model_status(self, name, version=None, label=None):
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        response = get_model_status_pb2.GetModelStatusResponse()
+        if version is not None or label is not None:
+            chosen = [self.registry.resolve(name, version, label)]
+        else:
+            self.registry.resolve(name)
+            chosen = [self.registry.versions[name][v] for v in sorted(self.registry.versions[name])]
+        for loaded in chosen:
+            status = response.model_version_status.add()
+            status.version = loaded.version
+            status.state = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+            status.status.error_code = 0
+            status.status.error_message = ""
+        return response
+
+    def model_metadata(self, name, version=None, label=None, fields=("signature_def",)):
+        from google.protobuf import any_pb2
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        for field in fields:
+            if field != "signature_def":
+                raise ServingError("INVALID_ARGUMENT",
+                                   f"Metadata field {field} is not supported")
+        if not fields:
+            raise ServingError("INVALID_ARGUMENT", "GetModelMetadataRequest must specify at "
+                                                   "least one metadata_field")
+        loaded = self.registry.resolve(name, version, label)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = name
+        response.model_spec.version.value = loaded.version
+        packed = any_pb2.Any()
+        packed.Pack(loaded.signature_def_map)
+        response.metadata["signature_def"].CopyFrom(packed)
+        return response
+
+    # -- lifecycle
+    def start(self) -> ModelServer:
+        from concurrent import futures
+
+        import grpc
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+        opts = self.options
+        limit = int(opts.max_request_bytes)
+        self._grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=opts.grpc_threads,
+                                       thread_name_prefix="matta-grpc"),
+            options=[("grpc.max_receive_message_length", limit),
+                     ("grpc.max_send_message_length", max(limit, 64 * 1024 * 1024))],
+            maximum_concurrent_rpcs=opts.grpc_threads * 8,
+        )
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionServicer(self), self._grpc)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+            ModelStatusServicer(self), self._grpc)
+        self.grpc_port = self._grpc.add_insecure_port(f"{opts.host}:{opts.grpc_port}")
+        if self.grpc_port == 0:
+            raise OSError(f"cannot bind gRPC to {opts.host}:{opts.grpc_port}")
+        self._grpc.start()
+        if opts.rest_port >= 0:
+            handler = type("BoundRestHandler", (RestHandler,), {"server_core": self})
+            self._http = ThreadingHTTPServer((opts.host, opts.rest_port), handler)
+            self._http.daemon_threads = True
+            self.rest_port = self._http.server_address[1]
+            self._http_thread = threading.Thread(target=self._http.serve_forever,
+                                                 kwargs={"poll_interval": 0.2},
+                                                 name="matta-rest", daemon=True)
+            self._http_thread.start()
+        log.info("serving gRPC on %s:%s, REST on %s:%s", opts.host, self.grpc_port,
+                 opts.host, self.rest_port)
+        return self
+
+    def stop(self, grace: float | None = None):
+        """Graceful shutdown: refuse new requests, finish in-flight ones, close sockets."""
+        grace = self.options.grace_s if grace is None else grace
+        self._draining.set()
+        deadline = time.monotonic() + grace
+        with self._inflight_cv:
+            while self._inflight > 0 and time.monotonic() < deadline:
+                self._inflight_cv.wait(timeout=max(0.0, deadline - time.monotonic()))
+        if self._grpc is not None:
+            self._grpc.stop(max(0.0, deadline - time.monotonic())).wait()
+            self._grpc = None
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def serve_until_signalled(self):
+        """Blocks until SIGTERM/SIGINT, then shuts down gracefully."""
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.wait(0.5):
+            pass
+        log.info("shutting down (grace %.1fs)", self.options.grace_s)
+        self.stop()
+
+
+# ------------------------------------------------------------------------------------- gRPC
+
+def _grpc_servicers():
+    from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+    return (prediction_service_pb2_grpc.PredictionServiceServicer,
+            model_service_pb2_grpc.ModelServiceServicer)
+
+
+def _abort(context, err: ServingError):
+    import grpc
+
+    context.abort(getattr(grpc.StatusCode, err.code, grpc.StatusCode.UNKNOWN), err.message)
+
+
+def _spec_version_label(model_spec):
+    choice = model_spec.WhichOneof("version_choice")
+    version = model_spec.version.value if choice == "version" else None
+    label = model_spec.version_label if choice == "version_label" else None
+    return version, label
+
+
+_PredictionBase, _ModelBase = _grpc_servicers()
+
+
+class PredictionServicer(_PredictionBase):
+    """`tensorflow.serving.PredictionService` on top of `ModelServer`."""
+
+    def __init__(self, core: ModelServer):
+        self.core = core
+
+    def Predict(self, request, context):
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        try:
+            version, label = _spec_version_label(request.model_spec)
+            try:
+                inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+            except (TypeError, ValueError) as err:
+                raise ServingError("INVALID_ARGUMENT", f"bad input tensor proto: {err}") from None
+            signature_name = request.model_spec.signature_name or "serving_default"
+            loaded, outputs = self.core.predict(request.model_spec.name, version, label,
+                                                signature_name, inputs,
+                                                tuple(request.output_filter))
+        except ServingError as err:
+            self.core.stats["errors"] += 1
+            _abort(context, err)
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = request.model_spec.name
+        response.model_spec.version.value = loaded.version
+        response.model_spec.signature_name = signature_name
+        for k, v in outputs.items():
+            response.outputs[k].CopyFrom(tf.make_tensor_proto(v))
+        return response
+
+    def GetModelMetadata(self, request, context):
+        try:
+            version, label = _spec_version_label(request.model_spec)
+            return self.core.model_metadata(request.model_spec.name, version, label,
+                                            tuple(request.metadata_field))
+        except ServingError as err:
+            _abort(context, err)
+
+
+class ModelStatusServicer(_ModelBase):
+    """`tensorflow.serving.ModelService.GetModelStatus` (HandleReloadConfigRequest: UNIMPLEMENTED)."""
+
+    def __init__(self, core: ModelServer):
+        self.core = core
+
+    def GetModelStatus(self, request, context):
+        try:
+            version, label = _spec_version_label(request.model_spec)
+            return self.core.model_status(request.model_spec.name, version, label)
+        except ServingError as err:
+            _abort(context, err)
+
+
+# ------------------------------------------------------------------------------------- REST
+
+_REST_PATH = re.compile(
+    r"^/v1/models/(?P<name>[^/:]+)"
+    r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
+    r"(?P<suffix>:predict|/metadata)?$"
+)
+
+
+def _status_json(response) -> dict:
+    from tensorflow_serving.apis import get_model_status_pb2
+
+    out = []
+    for s in response.model_version_status:
+        out.append({
+            "version": str(s.version),
+            "state": get_model_status_pb2.ModelVersionStatus.State.Name(s.state),
+            "status": {"error_code": "OK" if s.status.error_code == 0 else str(s.status.error_code),
+                       "error_message": s.status.error_message},
+        })
+    return {"model_version_status": out}
+
+
+def _metadata_json(response) -> dict:
+    from google.protobuf import json_format
+
+    return {
+        "model_spec": {"name": response.model_spec.name, "signature_name": "",
+                       "version": str(response.model_spec.version.value)},
+        "metadata": {"signature_def": json_format.MessageToDict(
+            _unpack_signature_map(response), preserving_proto_field_name=True)},
+    }
+
+
+def _unpack_signature_map(response):
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    sig_map = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(sig_map)
+    return sig_map
+
+
+class RestHandler(BaseHTTPRequestHandler):
+    server_core: ModelServer = None  # set on the bound subclass
+    protocol_version = "HTTP/1.1"
+    timeout = 30  # seconds a client may take to send its request
+    server_version = "matta-serve"
+
+    def log_message(self, fmt, *args):  # route through logging, not stderr
+        log.debug("%s - " + fmt, self.address_string(), *args)
+
+    def _send(self, status: int, payload: dict):
+        data = json.dumps(payload, allow_nan=True).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, err: ServingError, status: int | None = None):
+        self.server_core.stats["errors"] += 1
+        self._send(status or err.http_status, {"error": err.message})
+
+    def _route(self, method: str):
+        path = urllib.parse.urlsplit(self.path).path
+        m = _REST_PATH.match(path)
+        if not m:
+            raise ServingError("INVALID_ARGUMENT", f"Malformed request: {method} {path}")
+        name = urllib.parse.unquote(m["name"])
+        label = urllib.parse.unquote(m["label"]) if m["label"] else None
+        version = None
+        if m["version"]:
+            raw = urllib.parse.unquote(m["version"])
+            if not raw.isdigit() or len(raw) > 18:
+                raise ServingError("INVALID_ARGUMENT", f"Invalid version: {raw!r}")
+            version = int(raw)
+        if not serving_config.NAME_PATTERN.match(name):
+            raise ServingError("INVALID_ARGUMENT", f"Invalid model name: {name!r}")
+        if label is not None and not serving_config.NAME_PATTERN.match(label):
+            raise ServingError("INVALID_ARGUMENT", f"Invalid version label: {label!r}")
+        return name, version, label, m["suffix"] or ""
+
+    def do_GET(self):
+        try:
+            name, version, label, suffix = self._route("GET")
+            if suffix == ":predict":
+                raise ServingError("INVALID_ARGUMENT", "predict needs POST")
+            if suffix == "/metadata":
+                payload = _metadata_json(self.server_core.model_metadata(name, version, label))
+            else:
+                payload = _status_json(self.server_core.model_status(name, version, label))
+            self._send(200, payload)
+        except ServingError as err:
+            self._error(err)
+
+    def do_POST(self):
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            self.close_connection = True
+            return self._error(ServingError("INVALID_ARGUMENT",
+                                            "POST needs a Content-Length header"), 411)
+        length = int(length)
+        if length > self.server_core.options.max_request_bytes:
+            # Refuse without reading the body; close so the unread bytes are not parsed.
+            self.close_connection = True
+            return self._error(ServingError(
+                "RESOURCE_EXHAUSTED",
+                f"request body of {length} bytes exceeds the limit of "
+                f"{self.server_core.options.max_request_bytes} bytes"), 413)
+        body = self.rfile.read(length)
+        try:
+            name, version, label, suffix = self._route("POST")
+            if suffix != ":predict":
+                raise ServingError("INVALID_ARGUMENT",
+                                   f"Malformed request: POST {self.path} (only :predict)")
+            try:
+                payload = json.loads(body.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise ServingError("INVALID_ARGUMENT", f"JSON Parse error: {err}") from None
+            loaded = self.server_core.registry.resolve(name, version, label)
+            signature_name = (payload.get("signature_name", "serving_default")
+                              if isinstance(payload, dict) else "serving_default")
+            if not isinstance(signature_name, str):
+                raise ServingError("INVALID_ARGUMENT", "'signature_name' key must be a string")
+            sig = loaded.signatures.get(signature_name)
+            if sig is None:
+                raise ServingError("INVALID_ARGUMENT", f"Serving signature name: "
+                                                       f"\"{signature_name}\" not found in signature def")
+            inputs, form = parse_rest_predict(payload, sig.inputs)
+            _, outputs = self.server_core.predict(name, version, label, signature_name, inputs)
+            self._send(200, format_rest_predict(outputs, form))
+        except ServingError as err:
+            self._error(err)
+        except Exception as err:  # never let a handler thread die silently
+            log.exception("REST handler failed")
+            self._error(ServingError("INTERNAL", f"{type(err).__name__}: {err}"))
+
