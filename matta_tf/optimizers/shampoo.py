@@ -1,0 +1,356 @@
+"""Shampoo for tf_keras: blocked Kronecker-factored preconditioning with grafting.
+
+The math lives in `shampoo_math` (pure functions); this module is the stateful wrapper:
+slot variables, the step counter, `tf.cond` around the inverse roots, sparse rows.
+
+Usage::
+
+    import matta_tf  # before TensorFlow
+    import tensorflow as tf
+    from matta_tf.optimizers import Shampoo, ShampooConfig
+
+    model.compile(optimizer=Shampoo(learning_rate=1e-3, precondition_frequency=10),
+                  loss="binary_crossentropy")
+    # or Shampoo(1e-3, config=ShampooConfig(block_size=256, graft="adagrad"))
+
+One step for a variable ``W`` with gradient ``G`` (t = 1-based step)::
+
+    A      = grafted diagonal step of G                   (shampoo_math.graft_step)
+    L, R  += G G^T, G^T G  per block                      (every step)
+    P_L, P_R = (L + eps_L)^{-1/p}, (R + eps_R)^{-1/p}     (only when t >= start and
+                                                          (t - start) % frequency == 0)
+    U      = graft(P_L G P_R, A)  if t >= start else A    (per-block norm of A)
+    D      = momentum(U)                                  (beta1, optional Nesterov)
+    W     -= lr * (D + weight_decay * W)                  (decoupled weight decay)
+
+Sparse gradients (`tf.IndexedSlices`, e.g. embedding tables) never touch the Kronecker
+factors: the touched rows get the grafted diagonal method (row-wise Adam/Adagrad/...),
+lazy momentum and lazy weight decay, all by gather/scatter on those rows only, so a
+million-row table is never densified and untouched rows stay bit-identical.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import tensorflow as tf
+
+from matta_tf.optimizers import shampoo_math as sm
+
+
+@dataclasses.dataclass(frozen=True)
+class ShampooConfig:
+    """Hyper-parameters of `Shampoo` (all but the learning rate).
+
+    Attributes:
+      block_size: preconditioned dimensions longer than this are cut into blocks of this
+        length, each with its own ``block_size x block_size`` factor. Bounds the root cost
+        (O(block_size^3)) and statistics memory.
+      max_preconditioner_dim: dimensions longer than this get no Kronecker factor
+        (identity); if no dimension of a tensor is preconditioned it uses the grafted
+        diagonal method alone ("diagonal fallback"). Keeps e.g. 1M-row tables cheap.
+      precondition_frequency: recompute the inverse roots every this many steps.
+      start_preconditioning_step: first step (1-based) that computes roots and uses the
+        Shampoo direction; before it the update is the grafted direction. Statistics are
+        accumulated from step 1.
+      beta1: momentum (EMA) on the grafted update; 0 disables momentum.
+      nesterov: Nesterov-style momentum.
+      beta2: statistics EMA decay; 1.0 accumulates the sum (Adagrad-style).
+      epsilon: epsilon of the grafted diagonal method (Adam's epsilon).
+      graft_beta2: second-moment decay of the "adam"/"rmsprop" graft.
+      matrix_eps: damping of each factor relative to its largest eigenvalue.
+      exponent_override: root order p (``X^{-1/p}``); default ``2 *`` the number of
+        preconditioned dimensions (4 for a 2-D tensor).
+      graft: "adam" | "adagrad" | "rmsprop" | "sgd" | None (raw Shampoo direction).
+      weight_decay: decoupled weight decay, ``W -= lr * weight_decay * W``.
+      inverse_root: "eigh" (float64 eigendecomposition) or "newton" (coupled Newton in
+        float64).
+      use_bias_correction: bias-correct the momentum (like Adam's first moment).
+      newton_max_iters: iteration cap of the coupled Newton root.
+      newton_tolerance: stop criterion ``max|M - I|`` of the coupled Newton root.
+      diagonal_only: regular expressions; variables whose name matches one get no
+        Kronecker factors, only the grafted diagonal method. The default matches Keras /
+        TFRS embedding tables (``.../embeddings``): their gradients are sparse rows, and
+        Kronecker statistics for a tall ``[vocab, d]`` table would cost ``vocab *
+        block_size`` floats for nothing.
+    """
+
+    block_size: int = 128
+    max_preconditioner_dim: int = 4096
+    precondition_frequency: int = 10
+    start_preconditioning_step: int = 10
+    beta1: float = 0.9
+    nesterov: bool = False
+    beta2: float = 1.0
+    epsilon: float = 1e-8
+    graft_beta2: float = 0.999
+    matrix_eps: float = 1e-6
+    exponent_override: int | None = None
+    graft: str | None = "adam"
+    weight_decay: float = 0.0
+    inverse_root: str = "eigh"
+    use_bias_correction: bool = True
+    newton_max_iters: int = 100
+    newton_tolerance: float = 1e-6
+    diagonal_only: tuple[str, ...] = ("embeddings",)
+
+    def __post_init__(self):
+        # Lists come back from JSON configs; keep the dataclass hashable.
+        object.__setattr__(self, "diagonal_only", tuple(self.diagonal_only or ()))
+        def check(ok: bool, field: str, requirement: str):
+            if not ok:
+                raise ValueError(
+                    f"ShampooConfig.{field} must be {requirement}, got {getattr(self, field)!r}")
+
+        check(isinstance(self.block_size, int) and self.block_size >= 1, "block_size",
+              "a positive int")
+        check(isinstance(self.max_preconditioner_dim, int) and self.max_preconditioner_dim >= 1,
+              "max_preconditioner_dim", "a positive int")
+        check(isinstance(self.precondition_frequency, int) and self.precondition_frequency >= 1,
+              "precondition_frequency", "a positive int")
+        check(isinstance(self.start_preconditioning_step, int)
+              and self.start_preconditioning_step >= 1, "start_preconditioning_step",
+              "an int >= 1 (1-based step)")
+        check(0.0 <= self.beta1 < 1.0, "beta1", "in [0, 1)")
+        check(0.0 < self.beta2 <= 1.0, "beta2", "in (0, 1]")
+        check(0.0 < self.graft_beta2 < 1.0, "graft_beta2", "in (0, 1)")
+        check(self.epsilon >= 0.0, "epsilon", ">= 0")
+        check(self.matrix_eps >= 0.0, "matrix_eps", ">= 0")
+        check(self.weight_decay >= 0.0, "weight_decay", ">= 0")
+        check(self.exponent_override is None
+              or (isinstance(self.exponent_override, int) and self.exponent_override >= 1),
+              "exponent_override", "None or a positive int")
+        check(self.graft in sm.GRAFT_TYPES, "graft", f"one of {sm.GRAFT_TYPES}")
+        check(self.inverse_root in sm.INVERSE_ROOT_METHODS, "inverse_root",
+              f"one of {sm.INVERSE_ROOT_METHODS}")
+        check(isinstance(self.newton_max_iters, int) and self.newton_max_iters >= 1,
+              "newton_max_iters", "a positive int")
+        check(self.newton_tolerance > 0.0, "newton_tolerance", "> 0")
+        for pattern in self.diagonal_only:
+            try:
+                re.compile(pattern)
+            except (re.error, TypeError) as err:
+                raise ValueError(
+                    f"ShampooConfig.diagonal_only: bad pattern {pattern!r}: {err}") from err
+
+    def to_dict(self) -> dict[str, Any]:
+        config = dataclasses.asdict(self)
+        config["diagonal_only"] = list(self.diagonal_only)
+        return config
+
+
+_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(ShampooConfig))
+
+
+@tf.keras.utils.register_keras_serializable(package="matta")
+class Shampoo(tf.keras.optimizers.Optimizer):
+    """Shampoo optimizer (tf_keras 2 API) with grafting, blocking and sparse rows.
+
+    Args:
+      learning_rate: float or `tf.keras.optimizers.schedules.LearningRateSchedule`.
+      config: a `ShampooConfig`; keyword arguments named like its fields override it.
+      name, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
+        ema_overwrite_frequency, jit_compile: as in every tf_keras optimizer.
+        `jit_compile` defaults to False (the float64 roots inside `tf.cond` are not
+        meant for XLA; it only matters on GPU anyway).
+      **kwargs: `ShampooConfig` fields.
+
+    Attributes:
+      config: the effective `ShampooConfig`.
+      root_failures: int64 variable, number of (block, factor) roots that came out
+        non-finite (or, for Newton, did not converge) and were skipped, keeping the
+        previous preconditioner.
+    """
+
+    def __init__(
+        self,
+        learning_rate=0.001,
+        config: ShampooConfig | None = None,
+        name: str = "Shampoo",
+        clipnorm=None,
+        clipvalue=None,
+        global_clipnorm=None,
+        use_ema=False,
+        ema_momentum=0.99,
+        ema_overwrite_frequency=None,
+        jit_compile=False,
+        **kwargs,
+    ):
+        overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in _CONFIG_FIELDS}
+        if config is not None and not isinstance(config, ShampooConfig):
+            raise TypeError(f"config must be a ShampooConfig, got {type(config).__name__}")
+        self.config = dataclasses.replace(config or ShampooConfig(), **overrides)
+        super().__init__(
+            name=name,
+            weight_decay=None,  # decoupled decay is done in update_step (lazily for rows)
+            clipnorm=clipnorm,
+            clipvalue=clipvalue,
+            global_clipnorm=global_clipnorm,
+            use_ema=use_ema,
+            ema_momentum=ema_momentum,
+            ema_overwrite_frequency=ema_overwrite_frequency,
+            jit_compile=jit_compile,
+            **kwargs,
+        )
+        self._learning_rate = self._build_learning_rate(learning_rate)
+
+    # ------------------------------------------------------------------------------------
+    def build(self, var_list):
+        super().build(var_list)
+        if getattr(self, "_built", False):
+            return
+        self._built = True
+        cfg = self.config
+        self._layouts = self._no_dependency([])
+        # One dict of slot variables keyed "<var index>_<slot>", tracked for checkpoints.
+        self._slots = {}
+        with tf.init_scope():
+            self._root_failures = self.add_variable(
+                shape=[], dtype=tf.int64, initializer="zeros", name="root_failures")
+        for i, var in enumerate(var_list):
+            layout = sm.make_layout(var.shape, cfg.block_size, cfg.max_preconditioner_dim,
+                                    cfg.exponent_override)
+            if any(re.search(p, var.name) for p in cfg.diagonal_only):
+                layout = sm.diagonal_layout(var.shape)
+            self._layouts.append(layout)
+            if cfg.beta1 > 0.0:
+                self._slots[f"{i}_momentum"] = self.add_variable_from_reference(
+                    var, "shampoo_momentum")
+            if sm.graft_needs_state(cfg.graft):
+                self._slots[f"{i}_graft"] = self.add_variable_from_reference(
+                    var, f"shampoo_graft_{cfg.graft}")
+            if layout.is_kronecker:
+                for dim, side in enumerate(("left", "right")):
+                    if not layout.preconditioned[dim]:
+                        continue
+                    shape = layout.statistics_shape(dim)
+                    self._slots[f"{i}_{side}_stats"] = self.add_variable_from_reference(
+                        var, f"shampoo_{side}_stats", shape=shape)
+                    self._slots[f"{i}_{side}_root"] = self.add_variable_from_reference(
+                        var, f"shampoo_{side}_root", initial_value=tf.eye(
+                            shape[1], batch_shape=[shape[0]], dtype=var.dtype))
+
+    @property
+    def root_failures(self) -> tf.Variable:
+        return self._root_failures
+
+    def preconditioner_layout(self, variable) -> sm.BlockLayout:
+        """The `BlockLayout` used for a model variable (after `build`)."""
+        return self._layouts[self._index_dict[self._var_key(variable)]]
+
+    def _slot(self, index: int, name: str):
+        return self._slots.get(f"{index}_{name}")
+
+    # ------------------------------------------------------------------------------------
+    def update_step(self, gradient, variable):
+        cfg = self.config
+        index = self._index_dict[self._var_key(variable)]
+        dtype = variable.dtype
+        lr = tf.cast(self.learning_rate, dtype)
+        step_int = self.iterations + 1
+        step = tf.cast(step_int, dtype)
+        use_decay = cfg.weight_decay > 0.0 and self._use_weight_decay(variable)
+        if isinstance(gradient, tf.IndexedSlices):
+            self._sparse_update(gradient, variable, index, lr, step, use_decay)
+            return
+        grad = tf.cast(gradient, dtype)
+        graft_state = self._slot(index, "graft")
+        grafted, new_graft_state = sm.graft_step(
+            grad, graft_state, cfg.graft, step, cfg.graft_beta2, cfg.epsilon)
+        if new_graft_state is not None:
+            graft_state.assign(new_graft_state)
+        layout = self._layouts[index]
+        if layout.is_kronecker:
+            update = self._shampoo_direction(grad, grafted, index, layout, step_int)
+        else:
+            update = grafted
+        momentum = self._slot(index, "momentum")
+        direction, new_m = sm.apply_momentum(
+            update, momentum, cfg.beta1, cfg.nesterov, cfg.use_bias_correction, step)
+        if new_m is not None:
+            momentum.assign(new_m)
+        if use_decay:
+            direction = direction + tf.cast(cfg.weight_decay, dtype) * variable
+        variable.assign_sub(lr * direction)
+
+    def _shampoo_direction(self, grad, grafted, index, layout, step_int):
+        cfg = self.config
+        blocks = sm.to_blocks(tf.reshape(grad, layout.matrix_shape), layout)
+        roots = []
+        stats_and_roots = []
+        for dim, side in enumerate(("left", "right")):
+            if not layout.preconditioned[dim]:
+                roots.append(None)
+                continue
+            stats = self._slot(index, f"{side}_stats")
+            root = self._slot(index, f"{side}_root")
+            stats.assign(sm.update_statistics(stats, blocks, cfg.beta2, dim))
+            stats_and_roots.append((stats, root))
+            roots.append(root)
+
+        start = tf.constant(cfg.start_preconditioning_step, tf.int64)
+        recompute = tf.logical_and(
+            step_int >= start,
+            tf.equal(tf.math.floormod(step_int - start, cfg.precondition_frequency), 0))
+
+        def compute_roots():
+            failed = tf.constant(0, tf.int64)
+            for stats, root in stats_and_roots:
+                new_root, ok = sm.inverse_pth_root(
+                    stats, layout.exponent, cfg.matrix_eps, cfg.inverse_root,
+                    **self._newton_kwargs())
+                root.assign(tf.where(ok[:, None, None], new_root, root))
+                failed += tf.reduce_sum(tf.cast(tf.logical_not(ok), tf.int64))
+            self._root_failures.assign_add(failed)
+            return tf.constant(True)
+
+        # The roots are the expensive part: only run them on recompute steps.
+        tf.cond(recompute, compute_roots, lambda: tf.constant(False))
+
+        def preconditioned():
+            left = roots[0].read_value() if roots[0] is not None else None
+            right = roots[1].read_value() if roots[1] is not None else None
+            direction = sm.precondition_blocks(blocks, left, right)
+            if cfg.graft is not None:
+                direction = sm.graft_blocks(
+                    direction, tf.reshape(grafted, layout.matrix_shape), layout)
+            return tf.reshape(sm.from_blocks(direction, layout), layout.shape)
+
+        return tf.cond(step_int >= start, preconditioned, lambda: tf.identity(grafted))
+
+    def _newton_kwargs(self):
+        if self.config.inverse_root != "newton":
+            return {}
+        return {"max_iters": self.config.newton_max_iters,
+                "tolerance": self.config.newton_tolerance}
+
+    def _sparse_update(self, gradient, variable, index, lr, step, use_decay):
+        """Row-wise grafted update of the touched rows only (indices are deduplicated by
+        the base class before `update_step`)."""
+        cfg = self.config
+        rows = gradient.indices
+        values = tf.cast(gradient.values, variable.dtype)
+        graft_state = self._slot(index, "graft")
+        state_rows = tf.gather(graft_state, rows) if graft_state is not None else None
+        update, new_state_rows = sm.graft_step(
+            values, state_rows, cfg.graft, step, cfg.graft_beta2, cfg.epsilon)
+        if new_state_rows is not None:
+            graft_state.scatter_update(tf.IndexedSlices(new_state_rows, rows))
+        momentum = self._slot(index, "momentum")
+        m_rows = tf.gather(momentum, rows) if momentum is not None else None
+        direction, new_m_rows = sm.apply_momentum(
+            update, m_rows, cfg.beta1, cfg.nesterov, cfg.use_bias_correction, step)
+        if new_m_rows is not None:
+            momentum.scatter_update(tf.IndexedSlices(new_m_rows, rows))
+        if use_decay:
+            direction = direction + tf.cast(cfg.weight_decay, variable.dtype) * tf.gather(
+                variable, rows)
+        variable.scatter_sub(tf.IndexedSlices(lr * direction, rows))
+
+    # ------------------------------------------------------------------------------------
+    def get_config(self):
+        config = super().get_config()
+        config.update(self.config.to_dict())
+        config["learning_rate"] = self._serialize_hyperparameter(self._learning_rate)
+        return config
