@@ -1,0 +1,393 @@
+"""A/B routing across served students: config, sticky assignment, fallback, durable log.
+
+Experiment config (JSON or YAML), e.g.
+
+    {"name": "students-v1", "model_name": "ranker", "salt": "2026-11-a",
+     "control": "ta",
+     "arms": [{"name": "ta", "label": "ta", "weight": 0.5},
+              {"name": "student", "label": "student", "weight": 0.25},
+              {"name": "mid", "label": "mid", "weight": 0.25}]}
+
+Assignment is sticky and stateless: a unit (user) id goes to
+
+    u = int(sha256(salt + "\\x1f" + unit_id)[:8]) / 2**64   in [0, 1)
+    arm = first arm whose cumulative normalised weight exceeds u
+
+so the same (salt, unit) always gets the same arm, shares match the weights, and a new
+salt re-randomises everyone independently of the old assignment.
+
+If the assigned arm's backend fails (timeout, UNAVAILABLE, unknown label, ...), the
+request is re-sent to the control arm and counted in `fallback_counts[arm]`; the exposure
+is still attributed to the assigned arm (intention-to-treat) with `fallback: true`.
+
+`EventLog` is an append-only JSON Lines file with group commit: events are written and
+`fsync`ed in batches by one writer thread, and `log()` returns (the event is
+*acknowledged*) only after the batch holding it is on disk. An acknowledged event
+therefore survives the process being killed at any point; a kill can only lose events
+whose `log()` had not yet returned, and at most tears the last line, which `read_events`
+skips.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import threading
+import time
+import uuid
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from serving.config import validate_name
+
+# ------------------------------------------------------------------------------ configuration
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    name: str
+    label: str  # TF Serving version label
+    weight: float
+    address: str | None = None  # backend for this arm; None = the experiment's address
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    name: str
+    model_name: str
+    salt: str
+    arms: tuple[Arm, ...]
+    control: str
+    address: str | None = None  # e.g. "grpc://127.0.0.1:8500"
+
+    def __post_init__(self):
+        if not self.arms:
+            raise ValueError(f"experiment {self.name!r}: no arms")
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"experiment {self.name!r}: duplicate arm names {names}")
+        validate_name("model name", self.model_name)
+        for arm in self.arms:
+            validate_name(f"arm {arm.name!r} label", arm.label)
+            w = float(arm.weight)
+            if not (w >= 0 and np.isfinite(w)):
+                raise ValueError(f"experiment {self.name!r}: arm {arm.name!r} weight {arm.weight} "
+                                 "must be a finite number >= 0")
+        if sum(float(a.weight) for a in self.arms) <= 0:
+            raise ValueError(f"experiment {self.name!r}: arm weights sum to 0")
+        if self.control not in names:
+            raise ValueError(f"experiment {self.name!r}: control arm {self.control!r} is not "
+                             f"one of the arms {names}")
+        if not isinstance(self.salt, str) or not self.salt:
+            raise ValueError(f"experiment {self.name!r}: salt must be a non-empty string")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ExperimentConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"experiment config: unknown keys {unknown}")
+        missing = sorted({"name", "model_name", "salt", "arms", "control"} - set(d))
+        if missing:
+            raise ValueError(f"experiment config: missing keys {missing}")
+        arms = []
+        for i, a in enumerate(d["arms"]):
+            if not isinstance(a, Mapping) or not {"name", "label", "weight"} <= set(a):
+                raise ValueError(f"experiment config: arms[{i}] needs name, label and weight: {a!r}")
+            arms.append(Arm(str(a["name"]), str(a["label"]), float(a["weight"]), a.get("address")))
+        return cls(name=str(d["name"]), model_name=str(d["model_name"]), salt=str(d["salt"]),
+                   arms=tuple(arms), control=str(d["control"]), address=d.get("address"))
+
+    @classmethod
+    def from_file(cls, path: str) -> ExperimentConfig:
+        with open(path) as f:
+            text = f.read()
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+        try:
+            return cls.from_dict(data)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "model_name": self.model_name, "salt": self.salt,
+                "control": self.control, "address": self.address,
+                "arms": [dataclasses.asdict(a) for a in self.arms]}
+
+    def arm(self, name: str) -> Arm:
+        for a in self.arms:
+            if a.name == name:
+                return a
+        raise KeyError(f"experiment {self.name!r} has no arm {name!r}")
+
+    def shares(self) -> dict[str, float]:
+        total = sum(float(a.weight) for a in self.arms)
+        return {a.name: float(a.weight) / total for a in self.arms}
+
+
+def unit_bucket(salt: str, unit_id: str) -> float:
+    """Uniform in [0, 1) from sha256(salt, unit_id); the same inputs give the same value."""
+    digest = hashlib.sha256(f"{salt}\x1f{unit_id}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def assign_arm(config: ExperimentConfig, unit_id: str) -> str:
+    u = unit_bucket(config.salt, str(unit_id))
+    cumulative = 0.0
+    shares = config.shares()
+    for arm in config.arms:
+        cumulative += shares[arm.name]
+        if u < cumulative:
+            return arm.name
+    # Rounding can leave the cumulative sum a hair under 1: the last arm with weight wins.
+    return [a.name for a in config.arms if a.weight > 0][-1]
+
+
+# ------------------------------------------------------------------------------ durable log
+
+class EventLog:
+    """Append-only JSON Lines log with batched (group-commit) flush + fsync.
+
+    `append(event)` queues and returns a sequence number; `wait(seq)` blocks until that
+    event is on disk; `log(event)` does both. An event is acknowledged when `log` (or
+    `wait`) returns True.
+    """
+
+    def __init__(self, path: str, batch_size: int = 256, flush_interval_s: float = 0.02):
+        if batch_size < 1 or flush_interval_s <= 0:
+            raise ValueError("EventLog: batch_size must be >= 1 and flush_interval_s > 0")
+        self.path = path
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        parent = os.path.dirname(os.path.abspath(path))
+        os.makedirs(parent, exist_ok=True)
+        existed = os.path.exists(path)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if not existed:  # make the new directory entry durable too
+            dir_fd = os.open(parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        self._cv = threading.Condition()
+        self._pending: list[tuple[int, bytes]] = []
+        self._next_seq = 0
+        self._durable_seq = -1
+        self._error: BaseException | None = None
+        self._closed = False
+        self.batches_written = 0
+        self._writer = threading.Thread(target=self._run, name="matta-eventlog", daemon=True)
+        self._writer.start()
+
+    @property
+    def durable_seq(self) -> int:
+        return self._durable_seq
+
+    def append(self, event: Mapping[str, Any]) -> int:
+        line = (json.dumps(event, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
+        with self._cv:
+            if self._error is not None:
+                raise OSError(f"event log {self.path} failed: {self._error}")
+            if self._closed:
+                raise ValueError(f"event log {self.path} is closed")
+            seq = self._next_seq
+            self._next_seq += 1
+            self._pending.append((seq, line))
+            if len(self._pending) >= self.batch_size:
+                self._cv.notify_all()
+            return seq
+
+    def wait(self, seq: int, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            while self._durable_seq < seq:
+                if self._error is not None:
+                    raise OSError(f"event log {self.path} failed: {self._error}")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cv.wait(remaining)
+            return True
+
+    def log(self, event: Mapping[str, Any], timeout: float | None = 10.0) -> int:
+        seq = self.append(event)
+        if not self.wait(seq, timeout):
+            raise TimeoutError(f"event log {self.path}: event {seq} not durable after {timeout}s")
+        return seq
+
+    def _run(self):
+        while True:
+            with self._cv:
+                if not self._pending and not self._closed:
+                    self._cv.wait(self.flush_interval_s)
+                if len(self._pending) < self.batch_size and not self._closed:
+                    # Let a batch form, but never hold an event longer than the interval.
+                    self._cv.wait(self.flush_interval_s)
+                batch, self._pending = self._pending, []
+                closing = self._closed
+            if batch:
+                try:
+                    data = b"".join(line for _, line in batch)
+                    view = memoryview(data)
+                    while view:
+                        n = os.write(self._fd, view)
+                        view = view[n:]
+                    os.fsync(self._fd)
+                except OSError as err:
+                    with self._cv:
+                        self._error = err
+                        self._cv.notify_all()
+                    return
+                with self._cv:
+                    self._durable_seq = batch[-1][0]
+                    self.batches_written += 1
+                    self._cv.notify_all()
+            if closing:
+                with self._cv:
+                    if not self._pending:
+                        return
+
+    def close(self):
+        with self._cv:
+            if self._closed:
+                return
+            self._closed = True
+            self._cv.notify_all()
+        self._writer.join()
+        os.close(self._fd)
+        if self._error is not None:
+            raise OSError(f"event log {self.path} failed: {self._error}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_events(path: str) -> list[dict]:
+    """Reads an event log; a torn last line (killed mid-write) is skipped, any other bad
+    line raises ValueError naming the file and line number."""
+    with open(path, "rb") as f:
+        data = f.read()
+    lines = data.split(b"\n")
+    torn = lines.pop()  # b"" when the file ends with a newline
+    events = []
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: line {i} is not valid JSON: {err}") from None
+    del torn
+    return events
+
+
+# ------------------------------------------------------------------------------ router
+
+@dataclasses.dataclass
+class RankResult:
+    request_id: str
+    unit_id: str
+    arm: str  # assigned arm
+    served_arm: str  # arm whose model produced the scores (control on fallback)
+    scores: np.ndarray  # probability per candidate
+    latency_ms: float  # end-to-end, including a failed first attempt
+    fallback: bool
+    error: str | None
+
+
+class RoutingError(RuntimeError):
+    pass
+
+
+class ABRouter:
+    """Routes ranking requests to the assigned arm's model, falling back to control."""
+
+    def __init__(self, config: ExperimentConfig, clients: Mapping[str, Any], event_log: EventLog,
+                 timeout_s: float = 1.0, durable: bool = True):
+        missing = [a.name for a in config.arms if a.name not in clients]
+        if missing:
+            raise ValueError(f"ABRouter: no client for arm(s) {missing}")
+        self.config = config
+        self.clients = dict(clients)
+        self.log = event_log
+        self.timeout_s = timeout_s
+        self.durable = durable
+        self._lock = threading.Lock()
+        self.fallback_counts = {a.name: 0 for a in config.arms}
+        self.request_counts = {a.name: 0 for a in config.arms}
+
+    def _call(self, arm_name: str, examples: Sequence[bytes]) -> np.ndarray:
+        arm = self.config.arm(arm_name)
+        out = self.clients[arm_name].predict_examples(
+            self.config.model_name, examples, label=arm.label, timeout_s=self.timeout_s)
+        if "probability" not in out:
+            raise RoutingError(f"arm {arm_name!r} (label {arm.label}) returned no 'probability' "
+                               f"output; got {sorted(out)}")
+        return np.asarray(out["probability"], dtype=np.float64)
+
+    def _emit(self, event: dict):
+        if self.durable:
+            self.log.log(event)
+        else:
+            self.log.append(event)
+
+    def rank(self, unit_id: str, examples: Sequence[bytes],
+             request_id: str | None = None) -> RankResult:
+        from serving.client import ServingClientError
+
+        request_id = request_id or uuid.uuid4().hex
+        arm = assign_arm(self.config, unit_id)
+        with self._lock:
+            self.request_counts[arm] += 1
+        start = time.perf_counter()
+        served, error, fallback = arm, None, False
+        try:
+            scores = self._call(arm, examples)
+        except (ServingClientError, RoutingError) as err:
+            error = str(err)
+            if arm == self.config.control:
+                self._emit(self._exposure(request_id, unit_id, arm, None, False, error,
+                                          start, len(examples)))
+                raise RoutingError(f"control arm {arm!r} failed: {err}") from err
+            with self._lock:
+                self.fallback_counts[arm] += 1
+            served, fallback = self.config.control, True
+            try:
+                scores = self._call(served, examples)
+            except (ServingClientError, RoutingError) as err2:
+                self._emit(self._exposure(request_id, unit_id, arm, None, True,
+                                          f"{error}; control: {err2}", start, len(examples)))
+                raise RoutingError(f"arm {arm!r} failed ({error}) and control "
+                                   f"{served!r} failed too: {err2}") from err2
+        event = self._exposure(request_id, unit_id, arm, served, fallback, error, start,
+                               len(examples))
+        self._emit(event)
+        return RankResult(request_id, str(unit_id), arm, served, scores, event["latency_ms"],
+                          fallback, error)
+
+    def _exposure(self, request_id, unit_id, arm, served, fallback, error, start, n):
+        return {"type": "exposure", "experiment": self.config.name, "ts": time.time(),
+                "request_id": request_id, "unit_id": str(unit_id), "arm": arm,
+                "served_arm": served, "fallback": fallback, "error": error,
+                "latency_ms": round((time.perf_counter() - start) * 1000.0, 4), "n_items": n}
+
+    def record_outcome(self, result: RankResult, click_positions: Sequence[int]):
+        """Logs the user's clicks (0-based positions in the shown ranking) for a request."""
+        positions = sorted(int(p) for p in click_positions)
+        self._emit({"type": "outcome", "experiment": self.config.name, "ts": time.time(),
+                    "request_id": result.request_id, "unit_id": result.unit_id,
+                    "arm": result.arm, "clicks": len(positions), "clicked": int(bool(positions)),
+                    "positions": positions})
+
+    def summary(self) -> dict:
+        with self._lock:
+            return {"requests": dict(self.request_counts),
+                    "fallbacks": dict(self.fallback_counts)}

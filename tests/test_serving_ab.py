@@ -1,0 +1,201 @@
+"""serving.ab and serving.analysis: assignment, durable log under SIGKILL, statistics."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import matta_tf  # noqa: F401
+from serving import ab, analysis
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(salt="salt-1", weights=(0.5, 0.3, 0.2)):
+    return ab.ExperimentConfig.from_dict({
+        "name": "exp", "model_name": "ranker", "salt": salt, "control": "ta",
+        "arms": [{"name": n, "label": n, "weight": w}
+                 for n, w in zip(("ta", "student", "mid"), weights, strict=True)]})
+
+
+# ------------------------------------------------------------------------------ assignment
+
+def test_assignment_is_deterministic_and_matches_weights():
+    cfg = _config()
+    units = [f"user-{i}" for i in range(20000)]
+    first = [ab.assign_arm(cfg, u) for u in units]
+    assert first == [ab.assign_arm(_config(), u) for u in units]  # sticky, stateless
+    counts = np.array([first.count(a) for a in ("ta", "student", "mid")])
+    chi2, p = stats.chisquare(counts, np.array([0.5, 0.3, 0.2]) * len(units))
+    assert p > 0.001, (counts, chi2)
+    # and it is not trivially uniform: a 50/30/20 split is far from 1/3 each.
+    assert stats.chisquare(counts)[1] < 1e-100
+
+
+def test_changing_the_salt_rerandomises():
+    units = [f"user-{i}" for i in range(20000)]
+    a = [ab.assign_arm(_config("salt-1"), u) for u in units]
+    b = [ab.assign_arm(_config("salt-2"), u) for u in units]
+    # Independent re-draws keep a unit in the same arm with probability sum(w^2) = 0.38.
+    same = np.mean([x == y for x, y in zip(a, b, strict=True)])
+    assert abs(same - 0.38) < 0.02, same
+    names = ("ta", "student", "mid")
+    table = np.array([[sum(1 for x, y in zip(a, b, strict=True) if x == i and y == j)
+                       for j in names] for i in names])
+    assert stats.chi2_contingency(table)[1] > 0.001  # new arm independent of the old one
+
+
+def test_bucket_is_uniform_and_config_is_validated():
+    u = np.array([ab.unit_bucket("s", str(i)) for i in range(5000)])
+    assert stats.kstest(u, "uniform").pvalue > 0.001
+    with pytest.raises(ValueError, match="control arm 'x'"):
+        ab.ExperimentConfig.from_dict({"name": "e", "model_name": "m", "salt": "s",
+                                       "control": "x",
+                                       "arms": [{"name": "a", "label": "a", "weight": 1}]})
+    with pytest.raises(ValueError, match="weight -1"):
+        _config(weights=(0.5, -1, 0.2))
+    with pytest.raises(ValueError, match="invalid arm 'a' label"):
+        ab.ExperimentConfig.from_dict({"name": "e", "model_name": "m", "salt": "s",
+                                       "control": "a",
+                                       "arms": [{"name": "a", "label": "../a", "weight": 1}]})
+
+
+# ------------------------------------------------------------------------------ durable log
+
+_LOGGER_SCRIPT = r"""
+import sys, threading
+sys.path.insert(0, sys.argv[2])
+from serving.ab import EventLog
+
+log = EventLog(sys.argv[1], batch_size=32, flush_interval_s=0.005)
+out_lock = threading.Lock()
+
+def writer(t):
+    i = 0
+    while True:
+        event_id = f"{t}-{i}"
+        log.log({"type": "outcome", "id": event_id, "payload": "x" * 64})
+        with out_lock:  # acknowledged: log() returned, so the event is on disk
+            sys.stdout.write(f"ACK {event_id}\n")
+            sys.stdout.flush()
+        i += 1
+
+for t in range(3):
+    threading.Thread(target=writer, args=(t,), daemon=True).start()
+threading.Event().wait()
+"""
+
+
+def test_sigkill_loses_no_acknowledged_event(tmp_path):
+    path = tmp_path / "events.jsonl"
+    proc = subprocess.Popen([sys.executable, "-c", _LOGGER_SCRIPT, str(path), REPO],
+                            stdout=subprocess.PIPE, text=True)
+    acked = []
+    deadline = time.monotonic() + 30
+    try:
+        while len(acked) < 1500 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            acked.append(line.split()[1])
+        os.kill(proc.pid, signal.SIGKILL)  # mid-stream: writers are still running
+        rest = proc.stdout.read()  # acks printed before the kill are still in the pipe
+    finally:
+        proc.kill()
+        proc.wait(10)
+    acked += [ln.split()[1] for ln in rest.splitlines() if ln.startswith("ACK ") and
+              len(ln.split()) == 2]
+    assert proc.returncode == -signal.SIGKILL
+    assert len(acked) >= 1500, "logger did not acknowledge enough events before the deadline"
+    logged = {e["id"] for e in ab.read_events(str(path))}
+    missing = [a for a in acked if a not in logged]
+    assert not missing, f"{len(missing)} acknowledged events lost, e.g. {missing[:5]}"
+
+
+def test_event_log_reader_skips_torn_tail_but_not_corruption(tmp_path):
+    path = tmp_path / "e.jsonl"
+    with ab.EventLog(str(path), batch_size=4) as log:
+        for i in range(10):
+            log.log({"type": "outcome", "id": i})
+    assert [e["id"] for e in ab.read_events(str(path))] == list(range(10))
+    with open(path, "ab") as f:
+        f.write(b'{"type": "outc')  # killed mid-write
+    assert len(ab.read_events(str(path))) == 10
+    with open(path, "ab") as f:
+        f.write(b"\n" + b'{"id": 11}\n')
+    with pytest.raises(ValueError, match="line 11 is not valid JSON"):
+        ab.read_events(str(path))
+    log = ab.EventLog(str(tmp_path / "x.jsonl"))
+    log.close()
+    with pytest.raises(ValueError, match="closed"):
+        log.append({"a": 1})
+
+
+# ------------------------------------------------------------------------------ analysis
+
+def test_analysis_math_against_closed_form():
+    # Fixed table: control 1000/10000 clicked, treatment 1100/10000.
+    lift, low, high = analysis.relative_lift_ci(1100, 10000, 1000, 10000)
+    se = math.sqrt((1 - 0.11) / 1100 + (1 - 0.10) / 1000)
+    assert lift == pytest.approx(0.1, abs=1e-12)
+    assert low == pytest.approx(1.1 * math.exp(-1.959963984540054 * se) - 1, rel=1e-12)
+    assert high == pytest.approx(1.1 * math.exp(1.959963984540054 * se) - 1, rel=1e-12)
+    assert low == pytest.approx(0.01439, abs=1e-4) and high == pytest.approx(0.19284, abs=1e-4)
+    z, p = analysis.two_proportion_z_test(1100, 10000, 1000, 10000)
+    z_ref = 0.01 / math.sqrt(0.105 * 0.895 * 2 / 10000)
+    assert z == pytest.approx(z_ref, rel=1e-12) and z == pytest.approx(2.3066, abs=1e-4)
+    assert p == pytest.approx(math.erfc(z_ref / math.sqrt(2)), rel=1e-9)
+    assert p == pytest.approx(0.02108, abs=1e-5)
+    # SRM with 2 degrees of freedom has the closed form p = exp(-chi2 / 2).
+    srm = analysis.srm_check({"ta": 5000, "student": 3100, "mid": 1900},
+                             {"ta": 0.5, "student": 0.3, "mid": 0.2})
+    assert srm["chi2"] == pytest.approx(100**2 / 3000 + 100**2 / 2000, rel=1e-12)
+    assert srm["p_value"] == pytest.approx(math.exp(-srm["chi2"] / 2), rel=1e-9)
+    assert srm["dof"] == 2 and not srm["mismatch"]
+    assert analysis.srm_check({"a": 5400, "b": 4600}, {"a": 0.5, "b": 0.5})["mismatch"]
+    lat = analysis.latency_percentiles(np.arange(1, 101, dtype=float))
+    assert lat == {"p50": 50.5, "p95": pytest.approx(95.05), "p99": pytest.approx(99.01)}
+    assert analysis.ctr(3, 12) == 0.25
+
+
+def _events_for_table(table):
+    events = []
+    for arm, (n, clicked) in table.items():
+        for i in range(n):
+            rid = f"{arm}-{i}"
+            events.append({"type": "exposure", "request_id": rid, "arm": arm,
+                           "served_arm": arm, "fallback": False, "latency_ms": 1.0 + i % 7,
+                           "n_items": 5})
+            events.append({"type": "outcome", "request_id": rid, "arm": arm,
+                           "clicked": int(i < clicked), "clicks": 2 * int(i < clicked)})
+    return events
+
+
+def test_summarize_and_report_files(tmp_path):
+    table = {"ta": (2000, 200), "student": (1000, 130), "mid": (1000, 90)}
+    report = analysis.summarize(_events_for_table(table), ["ta", "student", "mid"], "ta",
+                                {"ta": 0.5, "student": 0.25, "mid": 0.25},
+                                model_info={"ta": {"params": 1000}, "student": {"params": 10},
+                                            "mid": {"params": 100}},
+                                offline={"ta": {"auc": 0.8}, "student": {"auc": 0.75},
+                                         "mid": {"auc": 0.77}})
+    s = report["arms"]["student"]
+    assert s["ctr"] == pytest.approx(0.13) and s["item_ctr"] == pytest.approx(260 / 5000)
+    assert s["vs_control"]["lift"] == pytest.approx(0.3)
+    assert s["vs_control"]["p_value"] == pytest.approx(
+        analysis.two_proportion_z_test(130, 1000, 200, 2000)[1])
+    assert report["srm"]["chi2"] == pytest.approx(0.0)
+    lat_ref = np.percentile([1.0 + i % 7 for i in range(1000)], [50, 95, 99])
+    assert s["latency_ms"]["p99"] == pytest.approx(lat_ref[2])
+    paths = analysis.write_report(report, str(tmp_path))
+    assert json.load(open(paths["json"]))["arms"]["mid"]["exposures"] == 1000
+    html_text = open(paths["html"]).read()
+    assert html_text.count("data:image/png;base64,") == 2  # lift chart + AUC-vs-cost chart
+    with pytest.raises(ValueError, match="event 0 has arm 'zzz'"):
+        analysis.summarize([{"type": "exposure", "arm": "zzz"}], ["ta"], "ta", {"ta": 1.0})

@@ -1,0 +1,392 @@
+"""serving/: deployment configs, `matta serve` (gRPC + REST), clients, router fallback, simulate.
+
+One module-scoped deployment of three students and one in-process server on free
+loopback ports keep this file within its time budget.
+"""
+import http.client
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+from conftest_serving import LABELS, build_students
+
+import matta_tf  # noqa: F401  (before TensorFlow)
+
+MODEL = "ranker"
+MAX_REQUEST_BYTES = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    from serving import config as sc
+    from serving.examples import encode_rows
+
+    root = tmp_path_factory.mktemp("serving")
+    arms, rows, kind = build_students(str(root / "exports"))
+    examples = encode_rows(rows)
+    dep = sc.write_deployment(str(root / "deploy"), MODEL, arms, warmup_examples=examples[:4],
+                              warmup_batch_sizes=(1, 8))
+    return {"dep": dep, "arms": arms, "rows": rows, "examples": examples, "kind": kind,
+            "root": root}
+
+
+@pytest.fixture(scope="module")
+def server(deployment):
+    from serving.server import ModelServer, ServerOptions
+
+    srv = ModelServer.from_config(
+        deployment["dep"].models_config_path,
+        ServerOptions(grpc_port=0, rest_port=0, max_request_bytes=MAX_REQUEST_BYTES,
+                      max_concurrency=2, grace_s=2.0)).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def in_process_scores(deployment):
+    """Scores of each exported SavedModel loaded directly (the reference)."""
+    import tensorflow as tf
+
+    out = {}
+    for label, path in deployment["arms"].items():
+        fn = tf.saved_model.load(path).signatures["serving_default"]
+        res = fn(examples=tf.constant(deployment["examples"]))
+        out[label] = {k: v.numpy() for k, v in res.items()}
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------ configs
+
+def test_generated_configs_parse_with_serving_protos(deployment):
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from serving import config as sc
+
+    dep = deployment["dep"]
+    parsed = text_format.Parse(open(dep.models_config_path).read(),
+                               model_server_config_pb2.ModelServerConfig())
+    (entry,) = parsed.model_config_list.config
+    assert entry.name == MODEL and entry.model_platform == "tensorflow"
+    assert list(entry.model_version_policy.specific.versions) == [1, 2, 3]
+    assert dict(entry.version_labels) == {"student": 1, "mid": 2, "ta": 3}
+    for version in (1, 2, 3):
+        assert os.path.isfile(os.path.join(entry.base_path, str(version), "saved_model.pb"))
+
+    batching = sc.parse_batching_parameters(dep.batching_parameters_path)
+    assert batching.max_batch_size.value == 512
+    assert list(batching.allowed_batch_sizes) == [1, 8, 64, 512]
+
+    for label, version_dir in dep.version_dirs.items():
+        logs = sc.read_warmup_requests(os.path.join(version_dir, sc.WARMUP_RELATIVE_PATH))
+        assert [log.WhichOneof("log_type") for log in logs] == ["predict_log"] * 2, label
+        shapes = [list(log.predict_log.request.inputs["examples"].tensor_shape.dim)
+                  for log in logs]
+        assert [d[0].size for d in shapes] == [1, 8]
+        assert logs[0].predict_log.request.model_spec.name == MODEL
+
+
+def test_invalid_configs_are_rejected(tmp_path):
+    from serving import config as sc
+
+    bad = tmp_path / "models.config"
+    bad.write_text('model_config_list { config { name: "ranker" base_path: "/x" '
+                   'model_platform: "tensorflow" model_version_policy { specific { versions: 1 } } '
+                   'version_labels { key: "ta" value: 2 } } }')
+    with pytest.raises(ValueError, match="label 'ta' -> version 2"):
+        sc.parse_models_config(str(bad))
+    bad.write_text('model_config_list { config { name: "../etc" base_path: "/x" } }')
+    with pytest.raises(ValueError, match="invalid model name"):
+        sc.parse_models_config(str(bad))
+    bad.write_text("model_config_list { config { nme: 1 } }")
+    with pytest.raises(ValueError, match="not a valid ModelServerConfig"):
+        sc.parse_models_config(str(bad))
+    with pytest.raises(ValueError, match="must end with max_batch_size"):
+        sc.BatchingConfig(max_batch_size=128, allowed_batch_sizes=(1, 64))
+    batching = tmp_path / "b.txt"
+    batching.write_text("max_batch_size { value: 8 }\nnum_batch_thread { value: 2 }\n")
+    with pytest.raises(ValueError, match="not a valid BatchingParameters"):
+        sc.parse_batching_parameters(str(batching))
+
+
+# ------------------------------------------------------------------------------ parity
+
+@pytest.mark.parametrize("backend", ["grpc", "rest-row", "rest-columnar"])
+def test_client_scores_match_in_process_savedmodel(server, deployment, in_process_scores,
+                                                   backend):
+    from serving.client import GrpcClient, RestClient
+
+    if backend == "grpc":
+        client = GrpcClient(f"127.0.0.1:{server.grpc_port}")
+    else:
+        client = RestClient(f"http://127.0.0.1:{server.rest_port}", fmt=backend.split("-")[1])
+    with client:
+        for version, label in enumerate(LABELS, start=1):
+            by_label = client.predict_examples(MODEL, deployment["examples"], label=label)
+            by_version = client.predict_examples(MODEL, deployment["examples"], version=version)
+            for out in (by_label, by_version):
+                for name in ("logit", "probability"):
+                    got = np.asarray(out[name], dtype=np.float64)
+                    want = in_process_scores[label][name].astype(np.float64)
+                    assert got.shape == want.shape
+                    # REST carries float32 values through JSON doubles: exact after rounding.
+                    np.testing.assert_array_equal(got.astype(np.float32), want.astype(np.float32))
+    # The students really differ, so "every student" is not the same model three times.
+    assert not np.allclose(in_process_scores["student"]["logit"], in_process_scores["ta"]["logit"])
+
+
+def test_status_and_metadata_wire_format(server):
+    from serving.client import GrpcClient
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=10)
+    conn.request("GET", f"/v1/models/{MODEL}")
+    body = json.loads(conn.getresponse().read())
+    assert body == {"model_version_status": [
+        {"version": str(v), "state": "AVAILABLE",
+         "status": {"error_code": "OK", "error_message": ""}} for v in (1, 2, 3)]}
+    conn.request("GET", f"/v1/models/{MODEL}/labels/mid")
+    assert json.loads(conn.getresponse().read())["model_version_status"][0]["version"] == "2"
+    conn.request("GET", f"/v1/models/{MODEL}/versions/3/metadata")
+    meta = json.loads(conn.getresponse().read())
+    assert meta["model_spec"]["version"] == "3"
+    sigs = meta["metadata"]["signature_def"]["signature_def"]
+    assert set(sigs["serving_default"]["inputs"]) == {"examples"}
+    assert set(sigs["serving_default"]["outputs"]) == {"logit", "probability"}
+    assert "predict_raw" in sigs
+    conn.close()
+
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    client = GrpcClient(f"127.0.0.1:{server.grpc_port}")
+    request = get_model_metadata_pb2.GetModelMetadataRequest()
+    request.model_spec.name = MODEL
+    request.model_spec.version_label = "student"
+    request.metadata_field.append("signature_def")
+    response = client._predict.GetModelMetadata(request, timeout=10)
+    sig_map = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(sig_map)
+    assert sig_map.signature_def["serving_default"].inputs["examples"].dtype == 7  # DT_STRING
+    assert response.model_spec.version.value == 1
+    assert client.model_status(MODEL, label="ta") == [{"version": 3, "state": "AVAILABLE"}]
+    client.close()
+
+
+def test_predict_raw_signature_over_rest(server, deployment, in_process_scores):
+    from serving.client import RestClient
+
+    rows = deployment["rows"]
+    if deployment["kind"] != "reference":
+        pytest.skip("raw inputs of real students depend on their feature spec")
+    raw = {k: [r[k] if r[k] is not None else (0.0 if k.startswith("I") else "") for r in rows]
+           for k in rows[0]}
+    out = RestClient(f"http://127.0.0.1:{server.rest_port}").predict(
+        MODEL, raw, label="mid", signature_name="predict_raw")
+    # Missing values were filled with the parser defaults, so the two signatures agree.
+    np.testing.assert_allclose(out["logit"], in_process_scores["mid"]["logit"], rtol=1e-5,
+                               atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ errors
+
+def _post(port, path, body: bytes, headers=None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("POST", path, body=body, headers=headers or {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, json.loads(data) if data else None
+
+
+def test_errors_have_tf_serving_codes_and_server_keeps_serving(server, deployment):
+    import base64
+
+    import grpc
+
+    from serving.client import GrpcClient, RestClient, ServingClientError
+
+    port = server.rest_port
+    ex = [{"b64": base64.b64encode(e).decode()} for e in deployment["examples"][:3]]
+    ok = json.dumps({"instances": ex}).encode()
+
+    status, body = _post(port, f"/v1/models/{MODEL}/labels/nope:predict", ok)
+    assert status == 400 and "Unrecognized servable version label: nope" in body["error"]
+    status, body = _post(port, "/v1/models/other:predict", ok)
+    assert status == 404 and "Servable not found" in body["error"]
+    status, body = _post(port, f"/v1/models/{MODEL}/versions/9:predict", ok)
+    assert status == 404
+    status, body = _post(port, f"/v1/models/{MODEL}:predict", b'{"instances": [')
+    assert status == 400 and "JSON" in body["error"]
+    status, body = _post(port, f"/v1/models/{MODEL}:predict", b'{"instances": [1.5]}')
+    assert status == 400 and "error" in body
+    status, body = _post(port, f"/v1/models/{MODEL}:predict",
+                         json.dumps({"instances": ex, "inputs": ex}).encode())
+    assert status == 400 and "either" in body["error"]
+    status, body = _post(port, f"/v1/models/{MODEL}:predict",
+                         json.dumps({"instances": [{"b64": "bm90IGFuIGV4YW1wbGU="}]}).encode())
+    assert status == 400  # bytes that are not a tf.Example: INVALID_ARGUMENT from the parser
+    big = json.dumps({"instances": [{"b64": "A" * MAX_REQUEST_BYTES}]}).encode()
+    status, body = _post(port, f"/v1/models/{MODEL}:predict", big)
+    assert status == 413 and "exceeds the limit" in body["error"]
+    for path in ("/v1/models/..%2F..%2Fetc%2Fpasswd:predict",
+                 f"/v1/models/{MODEL}/labels/..%2Fta:predict",
+                 f"/v1/models/{MODEL}/../../{MODEL}:predict",
+                 f"/v1/models/{MODEL}/versions/1%2F..:predict",
+                 "/v1/models/%00ranker:predict"):
+        status, body = _post(port, path, ok)
+        assert status in (400, 404) and "error" in body, path
+
+    grpc_client = GrpcClient(f"127.0.0.1:{server.grpc_port}")
+    for kwargs, code in (({"label": "nope"}, "INVALID_ARGUMENT"),
+                         ({"version": 7}, "NOT_FOUND")):
+        with pytest.raises(ServingClientError) as err:
+            grpc_client.predict_examples(MODEL, deployment["examples"][:2], **kwargs)
+        assert err.value.code == code and err.value.attempts == 1  # not retried
+        assert MODEL in str(err.value)
+    with pytest.raises(ServingClientError, match="INVALID_ARGUMENT") as err:
+        grpc_client.predict_examples("../ranker", deployment["examples"][:2])
+    with pytest.raises(ServingClientError) as err:
+        grpc_client.predict_examples(MODEL, [b"x" * MAX_REQUEST_BYTES])
+    assert err.value.code == "RESOURCE_EXHAUSTED" and err.value.attempts == 1
+    assert isinstance(grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode)
+
+    # Still serving after all of that, on both protocols.
+    status, body = _post(port, f"/v1/models/{MODEL}/labels/ta:predict", ok)
+    assert status == 200 and len(body["predictions"]) == 3
+    assert grpc_client.predict_examples(MODEL, deployment["examples"][:2],
+                                        label="student")["probability"].shape == (2,)
+    rest = RestClient(f"http://127.0.0.1:{port}")
+    assert rest.predict_examples(MODEL, deployment["examples"][:2], label="mid")["logit"].shape == (2,)
+    grpc_client.close()
+
+
+def test_client_retries_then_names_the_cause():
+    from serving.client import GrpcClient, RestClient, RetryPolicy, ServingClientError
+
+    port = _free_port()  # nothing listens here
+    retry = RetryPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02)
+    for client in (GrpcClient(f"127.0.0.1:{port}", timeout_s=0.5, retry=retry),
+                   RestClient(f"http://127.0.0.1:{port}", timeout_s=0.5, retry=retry)):
+        with pytest.raises(ServingClientError) as err:
+            client.predict_examples(MODEL, [b""], label="student")
+        assert err.value.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+        assert err.value.attempts == 3 and client.retries == 2
+        assert "label=student" in str(err.value) and MODEL in str(err.value)
+        client.close()
+
+
+# ------------------------------------------------------------------------------ router
+
+def test_backend_down_falls_back_to_control_and_is_counted(server, deployment,
+                                                           in_process_scores, tmp_path):
+    from serving.ab import ABRouter, EventLog, ExperimentConfig, assign_arm, read_events
+    from serving.client import GrpcClient, RetryPolicy
+
+    live = f"127.0.0.1:{server.grpc_port}"
+    exp = ExperimentConfig.from_dict({
+        "name": "fallback", "model_name": MODEL, "salt": "s1", "control": "ta",
+        "arms": [{"name": "ta", "label": "ta", "weight": 1},
+                 {"name": "student", "label": "student", "weight": 1,
+                  "address": f"127.0.0.1:{_free_port()}"},  # backend down
+                 {"name": "mid", "label": "mid-missing", "weight": 1}]})  # label not served
+    no_retry = RetryPolicy(max_attempts=1)
+    clients = {"ta": GrpcClient(live, retry=no_retry), "mid": GrpcClient(live, retry=no_retry),
+               "student": GrpcClient(exp.arm("student").address, retry=no_retry)}
+    examples = deployment["examples"][:5]
+    with EventLog(str(tmp_path / "events.jsonl"), batch_size=8) as event_log:
+        router = ABRouter(exp, clients, event_log, timeout_s=2.0)
+        results = [router.rank(f"u{i}", examples) for i in range(30)]
+    assigned = [assign_arm(exp, f"u{i}") for i in range(30)]
+    assert [r.arm for r in results] == assigned
+    for r in results:
+        assert r.served_arm == "ta" and r.fallback == (r.arm != "ta")
+        # Batch 5 vs batch 48 may block the matmul differently: float32 round-off only.
+        np.testing.assert_allclose(r.scores, in_process_scores["ta"]["probability"][:5],
+                                   rtol=1e-6, atol=1e-7)
+    assert router.fallback_counts == {"ta": 0, "student": assigned.count("student"),
+                                      "mid": assigned.count("mid")}
+    assert min(router.fallback_counts["student"], router.fallback_counts["mid"]) > 0
+    events = read_events(str(tmp_path / "events.jsonl"))
+    assert sum(e["fallback"] for e in events) == 30 - assigned.count("ta")
+    assert all("UNAVAILABLE" in e["error"] for e in events if e["arm"] == "student")
+    assert all("Unrecognized servable version label" in e["error"]
+               for e in events if e["arm"] == "mid")
+
+
+def test_graceful_stop_refuses_new_work(deployment):
+    from serving.client import GrpcClient, RetryPolicy, ServingClientError
+    from serving.server import ModelServer, ServerOptions
+
+    srv = ModelServer.from_config(deployment["dep"].models_config_path,
+                                  ServerOptions(grpc_port=0, rest_port=0, warmup=False)).start()
+    client = GrpcClient(f"127.0.0.1:{srv.grpc_port}", retry=RetryPolicy(max_attempts=1),
+                        timeout_s=2)
+    assert client.predict_examples(MODEL, deployment["examples"][:2])["logit"].shape == (2,)
+    srv.stop(grace=1.0)
+    with pytest.raises(ServingClientError, match="UNAVAILABLE"):
+        client.predict_examples(MODEL, deployment["examples"][:2])
+    client.close()
+
+
+# ------------------------------------------------------------------------------ simulate
+
+def test_ab_simulate_and_report_end_to_end(server, deployment, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from matta_tf.cli import main
+    from serving.ab import read_events
+
+    rows = deployment["rows"]
+    rng = np.random.default_rng(0)
+    cols = {k: [r[k] for r in rows] for k in rows[0]}
+    cols["click_prob"] = rng.uniform(0.05, 0.6, len(rows)).tolist()
+    cols["label"] = (rng.random(len(rows)) < np.array(cols["click_prob"])).astype(int).tolist()
+    log_path = tmp_path / "heldout.parquet"
+    pq.write_table(pa.table(cols), log_path)
+    exp_path = tmp_path / "exp.json"
+    exp_path.write_text(json.dumps({
+        "name": "sim", "model_name": MODEL, "salt": "sim-salt", "control": "ta",
+        "arms": [{"name": a, "label": a, "weight": 1} for a in LABELS]}))
+    events = tmp_path / "events.jsonl"
+    out = tmp_path / "report"
+    rc = main(["ab", "simulate", "--experiment", str(exp_path), "--log", str(log_path),
+               "--server", f"grpc://127.0.0.1:{server.grpc_port}", "--events", str(events),
+               "--requests", "60", "--items", "6", "--max-seconds", "60",
+               "--report-dir", str(out)])
+    assert rc == 0
+    evs = read_events(str(events))
+    assert sum(e["type"] == "exposure" for e in evs) == 60
+    assert sum(e["type"] == "outcome" for e in evs) == 60
+    report = json.loads((out / "ab_report.json").read_text())
+    assert report["total_exposures"] == 60 and report["simulation"]["requests"] == 60
+    assert set(report["arms"]) == set(LABELS)
+    assert "vs_control" in report["arms"]["student"]
+    assert 0 <= report["arms"]["ta"]["offline"]["auc"] <= 1
+    html_text = (out / "ab_report.html").read_text()
+    assert "data:image/png;base64," in html_text and "Sample-ratio" in html_text
+
+    # The report command alone, with model sizes from models.config.
+    rc = main(["ab", "report", "--experiment", str(exp_path), "--events", str(events),
+               "--model-config", deployment["dep"].models_config_path,
+               "--out", str(tmp_path / "r2")])
+    assert rc == 0
+    r2 = json.loads((tmp_path / "r2" / "ab_report.json").read_text())
+    sizes = {a: r2["arms"][a]["model"]["params"] for a in LABELS}
+    assert sizes["student"] < sizes["mid"] < sizes["ta"]
+
+    # Bounded by time: a zero-ish budget stops by itself.
+    rc = main(["ab", "simulate", "--experiment", str(exp_path), "--log", str(log_path),
+               "--server", f"grpc://127.0.0.1:{server.grpc_port}",
+               "--events", str(tmp_path / "e2.jsonl"), "--requests", "100000",
+               "--max-seconds", "0.5", "--items", "6"])
+    assert rc == 0
+    n = sum(e["type"] == "exposure" for e in read_events(str(tmp_path / "e2.jsonl")))
+    assert 0 < n < 100000
