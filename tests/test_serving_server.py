@@ -389,3 +389,45 @@ def test_ab_simulate_and_report_end_to_end(server, deployment, tmp_path):
     assert rc == 0
     n = sum(e["type"] == "exposure" for e in read_events(str(tmp_path / "e2.jsonl")))
     assert 0 < n < 100000
+
+
+# ------------------------------------------------------------------------------ CLI
+
+def test_cli_serving_config_then_matta_serve_subprocess(deployment, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from matta_tf.cli import main
+    from serving import config as sc
+    from serving.client import RestClient
+
+    arms = deployment["arms"]
+    rc = main(["serving", "config", "--model-name", "ranker2", "--out", str(tmp_path / "d"),
+               "--max-batch-size", "128"]
+              + [f"--arm={label}={path}" for label, path in arms.items()])
+    assert rc == 0
+    (model,) = sc.parse_models_config(str(tmp_path / "d" / "models.config"))
+    assert model.name == "ranker2" and model.labels == {"student": 1, "mid": 2, "ta": 3}
+    assert list(sc.parse_batching_parameters(
+        str(tmp_path / "d" / "batching_parameters.txt")).allowed_batch_sizes) == [1, 8, 64, 128]
+    assert main(["serving", "config", "--out", str(tmp_path / "e"), "--arm", "bad"]) == 2
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "matta_tf.cli", "serve", "--model-config",
+         str(tmp_path / "d" / "models.config"), "--grpc-port", "0", "--rest-port", "0",
+         "--no-warmup"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=repo)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("READY "), line
+        ports = dict(kv.split("=") for kv in line.split()[1:])
+        client = RestClient(f"http://127.0.0.1:{ports['rest']}")
+        out = client.predict_examples("ranker2", deployment["examples"][:3], label="student")
+        assert out["probability"].shape == (3,)
+        proc.send_signal(signal.SIGTERM)  # graceful shutdown, clean exit
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
