@@ -1,0 +1,493 @@
+"""Configuration of a MatTA ranker: features, Student/TA sizes, loss weights.
+
+Plain dataclasses, loadable from YAML/JSON (`RankerConfig.from_yaml`, `from_json`,
+`from_dict`) and validated on construction: a bad config raises `ValueError` saying
+which field is wrong and why. No TensorFlow import here, so configs can be checked
+cheaply (e.g. by the CLI or a TFX component before training starts).
+
+Nesting convention (used by `matta_tf.layers` and `matta_tf.model`): the TA holds one
+set of weights; a `SubmodelSpec` selects *leading slices* of them:
+
+* embedding dim `d`: every categorical feature's table is used as `table[:, :d]`;
+* the interaction input `x0 = [numeric (n) | emb dim 0 of all m features | dim 1 | ...]`
+  has width `n + m*d`, so a smaller `d` is a *leading* slice of the TA's `x0`;
+* cross layers: the first `cross_layers` layers, each at width `n + m*d` and (low-rank)
+  rank `cross_ranks[l]`;
+* MLP: the first `len(mlp_widths)` layers with `mlp_widths[l]` units each.
+
+Example:
+
+```python
+config = RankerConfig.from_yaml("matta_tf/configs/default_ranker.yaml")
+config.student_spec(), config.ta_spec(), config.mixnmatch_specs(2)
+```
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_keys(cls, data: dict, where: str) -> None:
+    """Unknown keys are a typo more often than not: refuse them with the allowed set."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}: {data!r}")
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+def _positive_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{where} must be a positive integer, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- features
+
+
+@dataclass(frozen=True)
+class NumericFeature:
+    """A float feature. Model input value v (NaN = missing) is transformed as
+
+    v' = fill_value if v is missing else v;  v'' = sign(v') * log1p(|v'|) if log1p else v';
+    model value = (v'' - mean) / std.
+
+    `fill_value` is in the raw domain (before log1p/normalisation), like an imputation
+    done on the raw log; `sign * log1p(|v|)` equals `log1p(v)` for v >= 0 and keeps the
+    negative sentinels Criteo-style logs contain finite.
+    """
+
+    name: str
+    mean: float = 0.0
+    std: float = 1.0
+    log1p: bool = False
+    fill_value: float = 0.0
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"numeric feature name must be a non-empty string, got {self.name!r}")
+        if not (isinstance(self.std, (int, float)) and self.std > 0 and math.isfinite(self.std)):
+            raise ValueError(f"numeric feature {self.name!r}: std must be > 0, got {self.std!r}")
+        for attr in ("mean", "fill_value"):
+            value = getattr(self, attr)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"numeric feature {self.name!r}: {attr} must be a finite number, got {value!r}")
+
+
+@dataclass(frozen=True)
+class CategoricalFeature:
+    """A categorical feature; exactly one of:
+
+    * `vocabulary`: list of values; ids are `[0, oov_buckets)` for unknown values then the
+      vocabulary in order (Keras `StringLookup` convention); table size V + oov_buckets.
+    * `vocabulary_file`: one value per line, same layout.
+    * `hash_buckets`: `Hashing(hash_buckets)` of the value's string form.
+    * `num_ids`: the input already is an integer id in [0, num_ids) (e.g. from TFT);
+      ids outside go to `oov_buckets` extra rows (`num_ids + |id| mod oov_buckets`).
+
+    Values are looked up by their string form, so "7" and 7 are the same category.
+    """
+
+    name: str
+    vocabulary: tuple[str, ...] | None = None
+    vocabulary_file: str | None = None
+    hash_buckets: int | None = None
+    num_ids: int | None = None
+    oov_buckets: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"categorical feature name must be a non-empty string, got {self.name!r}")
+        given = [k for k in ("vocabulary", "vocabulary_file", "hash_buckets", "num_ids")
+                 if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"categorical feature {self.name!r}: give exactly one of vocabulary, "
+                f"vocabulary_file, hash_buckets, num_ids (got {given or 'none'})")
+        if self.vocabulary is not None:
+            vocab = tuple(str(v) for v in self.vocabulary)
+            if not vocab:
+                raise ValueError(f"categorical feature {self.name!r}: vocabulary is empty")
+            dupes = sorted({v for v in vocab if vocab.count(v) > 1}) if len(set(vocab)) != len(vocab) else []
+            if dupes:
+                raise ValueError(f"categorical feature {self.name!r}: duplicate vocabulary values {dupes[:5]}")
+            if "" in vocab:
+                raise ValueError(f"categorical feature {self.name!r}: '' is reserved for missing values")
+            object.__setattr__(self, "vocabulary", vocab)
+        if self.hash_buckets is not None:
+            _positive_int(self.hash_buckets, f"categorical feature {self.name!r}: hash_buckets")
+        if self.num_ids is not None:
+            _positive_int(self.num_ids, f"categorical feature {self.name!r}: num_ids")
+        if isinstance(self.oov_buckets, bool) or not isinstance(self.oov_buckets, int) or self.oov_buckets < 0:
+            raise ValueError(f"categorical feature {self.name!r}: oov_buckets must be an int >= 0, got {self.oov_buckets!r}")
+        if (self.vocabulary is not None or self.vocabulary_file is not None) and self.oov_buckets < 1:
+            raise ValueError(f"categorical feature {self.name!r}: a vocabulary needs oov_buckets >= 1 "
+                             "(unknown and missing values go there)")
+
+    def vocabulary_values(self) -> tuple[str, ...]:
+        if self.vocabulary is not None:
+            return self.vocabulary
+        if self.vocabulary_file is None:
+            raise ValueError(f"categorical feature {self.name!r} has no vocabulary")
+        if not os.path.exists(self.vocabulary_file):
+            raise ValueError(f"categorical feature {self.name!r}: vocabulary_file {self.vocabulary_file!r} does not exist")
+        with open(self.vocabulary_file, encoding="utf-8") as f:
+            return tuple(line.rstrip("\n") for line in f if line.rstrip("\n"))
+
+    @property
+    def input_dim(self) -> int:
+        """Rows of this feature's embedding table."""
+        if self.hash_buckets is not None:
+            return self.hash_buckets
+        if self.num_ids is not None:
+            return self.num_ids + self.oov_buckets
+        return len(self.vocabulary_values()) + self.oov_buckets
+
+    def to_dict(self) -> dict:
+        d = {"name": self.name, "oov_buckets": self.oov_buckets}
+        for k in ("vocabulary_file", "hash_buckets", "num_ids"):
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
+        if self.vocabulary is not None:
+            d["vocabulary"] = list(self.vocabulary)
+        return d
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """The model's input features, in a fixed order (which fixes the `x0` layout)."""
+
+    numeric: tuple[NumericFeature, ...] = ()
+    categorical: tuple[CategoricalFeature, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "numeric", tuple(self.numeric))
+        object.__setattr__(self, "categorical", tuple(self.categorical))
+        names = [f.name for f in self.numeric] + [f.name for f in self.categorical]
+        if not names:
+            raise ValueError("feature spec has no features")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"feature spec: duplicate feature name(s) {dupes}")
+        reserved = {"label", "teacher_logit", "has_teacher"} & set(names)
+        if reserved:
+            raise ValueError(f"feature spec: {sorted(reserved)} are reserved names, not model features")
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.numeric] + [f.name for f in self.categorical]
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FeatureSpec:
+        _check_keys(cls, data, "features")
+        numeric = []
+        for i, item in enumerate(data.get("numeric") or ()):
+            if isinstance(item, str):
+                item = {"name": item}
+            _check_keys(NumericFeature, item, f"features.numeric[{i}]")
+            numeric.append(NumericFeature(**item))
+        categorical = []
+        for i, item in enumerate(data.get("categorical") or ()):
+            _check_keys(CategoricalFeature, item, f"features.categorical[{i}]")
+            categorical.append(CategoricalFeature(**item))
+        return cls(numeric=tuple(numeric), categorical=tuple(categorical))
+
+    def to_dict(self) -> dict:
+        return {"numeric": [dataclasses.asdict(f) for f in self.numeric],
+                "categorical": [f.to_dict() for f in self.categorical]}
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+@dataclass(frozen=True)
+class SubmodelSpec:
+    """One nested granularity: which leading slices of the TA's weights are active.
+
+    `cross_ranks` empty = full-rank cross layers; otherwise one rank per cross layer
+    (`len(cross_ranks) == cross_layers`), each layer computing `W = U[:, :r] V[:r, :]`.
+    `mlp_widths` may be empty (the logit is then read off the cross output).
+    """
+
+    embedding_dim: int
+    cross_layers: int = 0
+    cross_ranks: tuple[int, ...] = ()
+    mlp_widths: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "cross_ranks", tuple(self.cross_ranks))
+        object.__setattr__(self, "mlp_widths", tuple(self.mlp_widths))
+        _positive_int(self.embedding_dim, "embedding_dim")
+        if isinstance(self.cross_layers, bool) or not isinstance(self.cross_layers, int) or self.cross_layers < 0:
+            raise ValueError(f"cross_layers must be an int >= 0, got {self.cross_layers!r}")
+        if self.cross_ranks and len(self.cross_ranks) != self.cross_layers:
+            raise ValueError(f"cross_ranks has {len(self.cross_ranks)} entries but cross_layers is "
+                             f"{self.cross_layers} (give one rank per layer, or none for full rank)")
+        for i, r in enumerate(self.cross_ranks):
+            _positive_int(r, f"cross_ranks[{i}]")
+        for i, w in enumerate(self.mlp_widths):
+            _positive_int(w, f"mlp_widths[{i}]")
+
+    @property
+    def low_rank(self) -> bool:
+        return bool(self.cross_ranks)
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "spec") -> SubmodelSpec:
+        _check_keys(cls, data, where)
+        try:
+            return cls(**data)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+
+    def to_dict(self) -> dict:
+        return {"embedding_dim": self.embedding_dim, "cross_layers": self.cross_layers,
+                "cross_ranks": list(self.cross_ranks), "mlp_widths": list(self.mlp_widths)}
+
+    def x0_width(self, features: FeatureSpec) -> int:
+        return len(features.numeric) + len(features.categorical) * self.embedding_dim
+
+
+@dataclass(frozen=True)
+class TAExpansion:
+    """TA sizes derived from the Student's: widths times a factor, plus extra layers."""
+
+    embedding_dim: float = 2.0
+    cross_rank: float = 2.0
+    mlp_width: float = 2.0
+    extra_cross_layers: int = 0
+    extra_mlp_layers: int = 0
+
+    def __post_init__(self):
+        for k in ("embedding_dim", "cross_rank", "mlp_width"):
+            v = getattr(self, k)
+            if not isinstance(v, (int, float)) or v < 1:
+                raise ValueError(f"ta_expansion.{k} must be a factor >= 1, got {v!r}")
+        for k in ("extra_cross_layers", "extra_mlp_layers"):
+            v = getattr(self, k)
+            if not isinstance(v, int) or v < 0:
+                raise ValueError(f"ta_expansion.{k} must be an int >= 0, got {v!r}")
+
+    def apply(self, student: SubmodelSpec) -> SubmodelSpec:
+        def grow(x, f):
+            return max(x, int(round(x * f)))
+        ranks = tuple(grow(r, self.cross_rank) for r in student.cross_ranks)
+        if ranks and self.extra_cross_layers:
+            ranks = ranks + (ranks[-1],) * self.extra_cross_layers
+        widths = tuple(grow(w, self.mlp_width) for w in student.mlp_widths)
+        if self.extra_mlp_layers:
+            last = widths[-1] if widths else grow(student.embedding_dim, self.embedding_dim)
+            widths = widths + (last,) * self.extra_mlp_layers
+        return SubmodelSpec(
+            embedding_dim=grow(student.embedding_dim, self.embedding_dim),
+            cross_layers=student.cross_layers + self.extra_cross_layers,
+            cross_ranks=ranks, mlp_widths=widths)
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the MatTA loss terms (0 disables a term):
+
+    L = student*BCE(s, y) + ta*BCE(t, y) + teacher*[KD(T->s) + KD(T->t)]
+        + ta_to_student*ramp(step)*KD(sg(t)->s)
+        + mixnmatch*[BCE(m, y) + KD(T->m) + ramp(step)*KD(sg(t)->m)]   (sampled submodel m)
+    """
+
+    student: float = 1.0
+    ta: float = 1.0
+    teacher: float = 1.0
+    ta_to_student: float = 1.0
+    mixnmatch: float = 0.0
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"loss_weights.{f.name} must be a finite number >= 0, got {v!r}")
+
+
+# --------------------------------------------------------------------------- ranker
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    """Everything needed to build a `MatTARanker`.
+
+    `ta` is explicit or derived from `student` by `ta_expansion` (exactly one may be
+    given; neither means the default 2x expansion). `temperature` T softens teacher
+    targets (KD uses sigmoid(z/T), scaled by T^2); `warmup_steps` is the length of the
+    linear 0 -> loss_weights.ta_to_student ramp. `mixnmatch_train_specs` > 0 samples one
+    of that many intermediate specs per training step (slimmable/MatFormer style).
+    """
+
+    features: FeatureSpec
+    student: SubmodelSpec
+    ta: SubmodelSpec | None = None
+    ta_expansion: TAExpansion | None = None
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    temperature: float = 1.0
+    warmup_steps: int = 1000
+    cross_diag_scale: float = 0.0
+    mixnmatch_train_specs: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.ta is not None and self.ta_expansion is not None:
+            raise ValueError("give either ta (explicit sizes) or ta_expansion (factors), not both")
+        if self.ta is None:
+            object.__setattr__(self, "ta", (self.ta_expansion or TAExpansion()).apply(self.student))
+            object.__setattr__(self, "ta_expansion", None)
+        if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
+        if not isinstance(self.cross_diag_scale, (int, float)) or self.cross_diag_scale < 0:
+            raise ValueError(f"cross_diag_scale must be >= 0, got {self.cross_diag_scale!r}")
+        if not isinstance(self.mixnmatch_train_specs, int) or self.mixnmatch_train_specs < 0:
+            raise ValueError(f"mixnmatch_train_specs must be an int >= 0, got {self.mixnmatch_train_specs!r}")
+        if self.student.low_rank != self.ta.low_rank and self.student.cross_layers and self.ta.cross_layers:
+            raise ValueError("student and ta must both use full-rank (no cross_ranks) or both low-rank cross layers")
+        if self.student.cross_layers and not self.ta.low_rank and self.student.low_rank:
+            raise ValueError("student uses low-rank cross layers but the ta is full rank")
+        self.check_spec(self.student, "student", require_student_depth=False)
+
+    # ---- spec checks
+    def check_spec(self, spec: SubmodelSpec, name: str = "spec", require_student_depth: bool = False) -> None:
+        """Raise ValueError unless `spec` is nested inside the TA (every size <= the TA's)."""
+        ta = self.ta
+        problems = []
+        if spec.embedding_dim > ta.embedding_dim:
+            problems.append(f"embedding_dim {spec.embedding_dim} > ta {ta.embedding_dim}")
+        if spec.cross_layers > ta.cross_layers:
+            problems.append(f"cross_layers {spec.cross_layers} > ta {ta.cross_layers}")
+        elif spec.cross_layers and spec.low_rank != ta.low_rank:
+            problems.append("cross rank mode (low-rank vs full) differs from the ta's")
+        else:
+            for i, r in enumerate(spec.cross_ranks):
+                if r > ta.cross_ranks[i]:
+                    problems.append(f"cross_ranks[{i}] {r} > ta {ta.cross_ranks[i]}")
+        if len(spec.mlp_widths) > len(ta.mlp_widths):
+            problems.append(f"{len(spec.mlp_widths)} mlp layers > ta {len(ta.mlp_widths)}")
+        else:
+            for i, w in enumerate(spec.mlp_widths):
+                if w > ta.mlp_widths[i]:
+                    problems.append(f"mlp_widths[{i}] {w} > ta {ta.mlp_widths[i]}")
+        if problems:
+            label = "student is larger than the ta" if name == "student" else f"{name} is not nested in the ta"
+            raise ValueError(f"{label}: " + "; ".join(problems))
+
+    def student_spec(self) -> SubmodelSpec:
+        return self.student
+
+    def ta_spec(self) -> SubmodelSpec:
+        return self.ta
+
+    def interpolate_spec(self, t: float) -> SubmodelSpec:
+        """The spec a fraction t in [0, 1] of the way from the Student to the TA, per layer."""
+        s, ta = self.student, self.ta
+
+        def lerp(a, b):
+            return int(round(a + t * (b - a)))
+
+        cross_layers = lerp(s.cross_layers, ta.cross_layers)
+        ranks = ()
+        if ta.low_rank and cross_layers:
+            ranks = tuple(lerp(s.cross_ranks[i] if i < s.cross_layers else 1, ta.cross_ranks[i])
+                          for i in range(cross_layers))
+        depth = lerp(len(s.mlp_widths), len(ta.mlp_widths))
+        widths = tuple(max(1, lerp(s.mlp_widths[i] if i < len(s.mlp_widths) else 1, ta.mlp_widths[i]))
+                       for i in range(depth))
+        return SubmodelSpec(embedding_dim=max(1, lerp(s.embedding_dim, ta.embedding_dim)),
+                            cross_layers=cross_layers, cross_ranks=ranks, mlp_widths=widths)
+
+    def mixnmatch_specs(self, n: int) -> dict[str, SubmodelSpec]:
+        """n intermediate Mix'n'Match specs, `mix_1` (closest to the Student) .. `mix_n`,
+        evenly spaced per layer between Student and TA (duplicates of either end dropped)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"mixnmatch_specs: n must be an int >= 0, got {n!r}")
+        out: dict[str, SubmodelSpec] = {}
+        seen = {self.student, self.ta}
+        for k in range(1, n + 1):
+            spec = self.interpolate_spec(k / (n + 1))
+            if spec not in seen:
+                seen.add(spec)
+                out[f"mix_{len(out) + 1}"] = spec
+        return out
+
+    # ---- (de)serialisation
+    @classmethod
+    def from_dict(cls, data: dict) -> RankerConfig:
+        _check_keys(cls, data, "ranker config")
+        if "features" not in data or "student" not in data:
+            raise ValueError("ranker config needs 'features' and 'student'")
+        kwargs = dict(data)
+        kwargs["features"] = FeatureSpec.from_dict(data["features"])
+        kwargs["student"] = SubmodelSpec.from_dict(data["student"], "student")
+        if data.get("ta") is not None:
+            kwargs["ta"] = SubmodelSpec.from_dict(data["ta"], "ta")
+        if data.get("ta_expansion") is not None:
+            _check_keys(TAExpansion, data["ta_expansion"], "ta_expansion")
+            kwargs["ta_expansion"] = TAExpansion(**data["ta_expansion"])
+        if data.get("loss_weights") is not None:
+            _check_keys(LossWeights, data["loss_weights"], "loss_weights")
+            kwargs["loss_weights"] = LossWeights(**data["loss_weights"])
+        else:
+            kwargs.pop("loss_weights", None)
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict:
+        return {
+            "features": self.features.to_dict(),
+            "student": self.student.to_dict(),
+            "ta": self.ta.to_dict(),
+            "loss_weights": dataclasses.asdict(self.loss_weights),
+            "temperature": self.temperature,
+            "warmup_steps": self.warmup_steps,
+            "cross_diag_scale": self.cross_diag_scale,
+            "mixnmatch_train_specs": self.mixnmatch_train_specs,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_json(cls, path_or_text: str) -> RankerConfig:
+        text = _read_if_path(path_or_text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"ranker config {path_or_text!r}: invalid JSON: {err}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_yaml(cls, path_or_text: str) -> RankerConfig:
+        import yaml
+
+        text = _read_if_path(path_or_text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ValueError(f"ranker config {path_or_text!r}: invalid YAML: {err}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_file(cls, path: str) -> RankerConfig:
+        return cls.from_json(path) if str(path).endswith(".json") else cls.from_yaml(path)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def _read_if_path(path_or_text: str) -> str:
+    if "\n" not in path_or_text and os.path.exists(path_or_text):
+        with open(path_or_text, encoding="utf-8") as f:
+            return f.read()
+    if "\n" not in path_or_text and path_or_text.endswith((".yaml", ".yml", ".json")):
+        raise ValueError(f"ranker config file {path_or_text!r} does not exist")
+    return path_or_text

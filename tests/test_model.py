@@ -1,0 +1,258 @@
+"""MatTARanker: loss math vs float64 NumPy, missing teachers, stop-gradient, warm-up,
+training quality on planted crosses vs logistic regression, serialization."""
+import matta_tf  # noqa: F401
+
+# isort: split
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from matta_tf.config import LossWeights, RankerConfig, SubmodelSpec
+from matta_tf.datasets import (
+    SyntheticLogConfig,
+    default_feature_spec,
+    generate_click_logs,
+    table_to_dataset,
+)
+from matta_tf.model import (
+    MatTARanker,
+    build_logistic_regression,
+    matta_loss_terms,
+    teacher_mask_and_logits,
+    warmup_ramp,
+)
+
+LOGS = SyntheticLogConfig(num_numeric=4, num_categorical=6, cardinalities=(10, 20, 50, 10, 30, 100),
+                          num_crosses=6)
+FEATURES = default_feature_spec(LOGS)
+
+
+def tiny_config(**overrides) -> RankerConfig:
+    kwargs = dict(features=FEATURES, student=SubmodelSpec(4, 2, (), (16, 8)),
+                  ta=SubmodelSpec(8, 3, (), (32, 16, 8)), warmup_steps=100)
+    kwargs.update(overrides)
+    return RankerConfig(**kwargs)
+
+
+def batch(rows=64, seed=3):
+    table = generate_click_logs(rows, seed=seed, config=LOGS)
+    return next(iter(table_to_dataset(table, FEATURES, batch_size=rows)))
+
+
+# ---------------------------------------------------------------- loss math
+
+
+def _np_bce(z, y):
+    return np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
+
+
+def _np_kd(z, target, t):
+    p = 1 / (1 + np.exp(-target / t))
+    return t * t * _np_bce(z / t, p)
+
+
+def test_loss_terms_match_float64_reference():
+    rng = np.random.default_rng(1)
+    n = 32
+    y = (rng.random(n) < 0.3).astype(np.float64)
+    s, ta, teacher = rng.normal(0, 2, n), rng.normal(0, 2, n), rng.normal(0, 2, n)
+    teacher_in = teacher.copy()
+    teacher_in[::4] = np.nan  # a quarter of the rows have no teacher
+    weights = LossWeights(student=0.7, ta=1.3, teacher=0.4, ta_to_student=2.0)
+    temperature, ramp = 2.5, 0.3
+    mask, safe = teacher_mask_and_logits({"teacher_logit": tf.constant(teacher_in, tf.float32)}, n)
+    terms = matta_loss_terms(tf.constant(y, tf.float32), tf.constant(s, tf.float32), tf.constant(ta, tf.float32),
+                             safe, mask, tf.constant(ramp), weights, temperature)
+    has = ~np.isnan(teacher_in)
+    expected = {
+        "student_bce": _np_bce(s, y).mean(),
+        "ta_bce": _np_bce(ta, y).mean(),
+        "teacher_kd_student": _np_kd(s[has], teacher[has], temperature).mean(),
+        "teacher_kd_ta": _np_kd(ta[has], teacher[has], temperature).mean(),
+        "ta_kd_student": _np_kd(s, ta, temperature).mean(),
+    }
+    expected["loss"] = (0.7 * expected["student_bce"] + 1.3 * expected["ta_bce"]
+                        + 0.4 * (expected["teacher_kd_student"] + expected["teacher_kd_ta"])
+                        + 2.0 * ramp * expected["ta_kd_student"])
+    for name, value in expected.items():
+        assert abs(float(terms[name]) - value) < 1e-5 * max(1.0, abs(value)), name
+
+
+def test_warmup_ramp():
+    np.testing.assert_allclose([float(warmup_ramp(s, 4)) for s in (0, 1, 2, 4, 9)], [0, 0.25, 0.5, 1, 1])
+    assert float(warmup_ramp(0, 0)) == 1.0
+
+
+# ---------------------------------------------------------------- missing teacher
+
+
+@pytest.mark.parametrize("mode", ["nan", "has_teacher", "absent", "all_nan"])
+def test_missing_teacher_rows_get_no_teacher_term(mode):
+    model = MatTARanker(tiny_config(warmup_steps=0))
+    features, labels = batch(64)
+    features = dict(features)
+    n = 64
+    teacher = features["teacher_logit"].numpy().copy()
+    missing = np.zeros(n, bool)
+    if mode == "nan":
+        missing[::3] = True
+        teacher[missing] = np.nan
+        features["teacher_logit"] = tf.constant(teacher)
+    elif mode == "has_teacher":
+        missing[1::2] = True
+        teacher[missing] = np.inf  # garbage in rows flagged absent must not matter
+        features["teacher_logit"] = tf.constant(teacher)
+        features["has_teacher"] = tf.constant((~missing).astype(np.int64))
+    elif mode == "absent":
+        missing[:] = True
+        del features["teacher_logit"]
+    else:
+        missing[:] = True
+        features["teacher_logit"] = tf.fill([n], float("nan"))
+    with tf.GradientTape() as tape:
+        _, logits, terms = model._matta_losses((features, labels), training=True)
+    grads = tape.gradient(terms["loss"], model.trainable_variables)
+    assert np.isfinite(float(terms["loss"]))
+    for g in grads:
+        values = g.values if isinstance(g, tf.IndexedSlices) else g
+        assert np.all(np.isfinite(values.numpy()))
+    s = logits["student"].numpy().astype(np.float64)
+    has = ~missing
+    expected = _np_kd(s[has], teacher[has], 1.0).mean() if has.any() else 0.0
+    assert abs(float(terms["teacher_kd_student"]) - expected) < 1e-5
+    # And a full train step stays finite.
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-2), run_eagerly=True)  # eager: no tracing cost
+    out = model.train_on_batch(features, labels, return_dict=True)
+    assert np.isfinite(out["loss"])
+    assert all(np.all(np.isfinite(w)) for w in model.get_weights())
+
+
+# ---------------------------------------------------------------- stop gradient
+
+
+def test_ta_to_student_term_has_stop_gradient():
+    config = tiny_config()
+    model = MatTARanker(config)
+    features, labels = batch(32)
+    net = model.network
+    with tf.GradientTape(persistent=True) as tape:
+        encoded = net.encode(features)
+        student = net.logits_at(encoded, config.student)
+        ta = net.logits_at(encoded, config.ta)
+        has, teacher = teacher_mask_and_logits(features, 32)
+        terms = matta_loss_terms(labels, student, ta, teacher, has, 1.0, config.loss_weights, 1.0)
+        term = terms["ta_kd_student"]
+        no_stop = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.sigmoid(ta), logits=student))
+    # No gradient reaches the TA's logit: the term cannot move the TA toward the Student.
+    assert tape.gradient(term, ta) is None
+    assert tape.gradient(no_stop, ta) is not None  # the check above can fail
+    # Weights only the TA uses get exactly zero gradient.
+    ta_only = [net.crosses[2].kernel, net.crosses[2].bias, net.mlp[2].kernel, net.mlp[2].bias]
+    for g in tape.gradient(term, ta_only):
+        assert g is None or not np.any(tf.convert_to_tensor(g).numpy())
+    # ... and so do the TA-only slices of shared weights.
+    w_s = config.student.x0_width(FEATURES)
+    d_s = config.student.embedding_dim
+    g_emb = tf.convert_to_tensor(tape.gradient(term, net.embeddings[0].embeddings)).numpy()
+    g_cross = tape.gradient(term, net.crosses[0].kernel).numpy()
+    g_mlp = tape.gradient(term, net.mlp[0].kernel).numpy()
+    assert not np.any(g_emb[:, d_s:]) and np.any(g_emb[:, :d_s])
+    assert not np.any(g_cross[w_s:, :]) and not np.any(g_cross[:, w_s:]) and np.any(g_cross[:w_s, :w_s])
+    assert not np.any(g_mlp[w_s:, :]) and not np.any(g_mlp[:, 16:]) and np.any(g_mlp[:w_s, :16])
+    del tape
+
+
+def test_train_step_ramps_distillation_with_optimizer_iterations():
+    weights = LossWeights(student=0, ta=0, teacher=0, ta_to_student=1.0)
+    model = MatTARanker(tiny_config(loss_weights=weights, warmup_steps=10))
+    model.compile(optimizer=tf.keras.optimizers.SGD(0.0), run_eagerly=True)
+    features, labels = batch(32)
+    _, _, terms = model._matta_losses((features, labels), training=False)
+    kd = float(terms["ta_kd_student"])
+    assert kd > 0
+    first = model.train_on_batch(features, labels, return_dict=True)
+    assert abs(first["loss"]) < 1e-7  # step 0: ramp 0
+    model.optimizer.iterations.assign(5)
+    model.reset_metrics()
+    half = model.train_on_batch(features, labels, return_dict=True)
+    assert abs(half["loss"] - 0.5 * kd) < 1e-5
+
+
+# ---------------------------------------------------------------- training quality
+
+
+def _auc(y, s):
+    order = np.argsort(s)
+    ranks = np.empty(len(s))
+    ranks[order] = np.arange(1, len(s) + 1)
+    pos = y.sum()
+    return (ranks[y == 1].sum() - pos * (pos + 1) / 2) / (pos * (len(y) - pos))
+
+
+def test_short_training_beats_logistic_regression_on_planted_crosses():
+    tf.keras.utils.set_random_seed(0)
+    train = generate_click_logs(30000, seed=11, config=LOGS)
+    test = generate_click_logs(15000, seed=12, config=LOGS)
+    oracle = _auc(test.column("label").to_numpy(), test.column("click_prob").to_numpy())
+    train_ds = table_to_dataset(train, FEATURES, 256, shuffle_seed=0)
+    test_ds = table_to_dataset(test, FEATURES, 2048)
+
+    model = MatTARanker(tiny_config())
+    model.compile(optimizer=tf.keras.optimizers.Adam(3e-3))
+    model.fit(train_ds, epochs=3, verbose=0)
+    metrics = model.evaluate(test_ds, return_dict=True, verbose=0)
+
+    lr = build_logistic_regression(FEATURES)
+    lr.compile(optimizer=tf.keras.optimizers.Adam(1e-2),
+               loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
+               metrics=[tf.keras.metrics.AUC(from_logits=True, num_thresholds=1000, name="auc")])
+    lr.fit(train_ds, epochs=3, verbose=0)
+    lr_auc = lr.evaluate(test_ds, return_dict=True, verbose=0)["auc"]
+    print(f"oracle AUC {oracle:.4f}  student {metrics['student_auc']:.4f}  ta {metrics['ta_auc']:.4f}  "
+          f"logistic regression {lr_auc:.4f}")
+    assert metrics["student_auc"] >= 0.75
+    assert metrics["ta_auc"] >= 0.75
+    assert lr_auc <= oracle - 0.12, "the generator's crosses must be out of a linear model's reach"
+    assert metrics["student_auc"] >= lr_auc + 0.1
+    for prefix in ("student", "ta"):
+        assert 0.8 < metrics[f"{prefix}_calibration"] < 1.25
+        assert 0.2 < metrics[f"{prefix}_logloss"] < 0.6
+
+
+def test_mixnmatch_sampling_and_other_optimizers():
+    config = tiny_config(mixnmatch_train_specs=2, loss_weights=LossWeights(mixnmatch=0.5))
+    model = MatTARanker(config)
+    assert len(model.train_mixnmatch_specs) == 2
+    model.compile(optimizer=tf.keras.optimizers.SGD(0.05))
+    table = generate_click_logs(1024, seed=5, config=LOGS)
+    history = model.fit(table_to_dataset(table, FEATURES, 128), epochs=1, verbose=0).history
+    assert np.isfinite(history["mixnmatch_bce"][-1]) and history["mixnmatch_bce"][-1] > 0
+    assert np.isfinite(history["loss"][-1])
+    # The sampled term really reaches weights: with only the Mix'n'Match term on, an
+    # SGD step changes embedding columns beyond the Student's (used by both mixes).
+    only_mix = MatTARanker(tiny_config(mixnmatch_train_specs=2, loss_weights=LossWeights(
+        student=0, ta=0, teacher=0, ta_to_student=0, mixnmatch=1.0), warmup_steps=0))
+    only_mix.compile(optimizer=tf.keras.optimizers.Adagrad(0.1), run_eagerly=True)
+    before = only_mix.network.embeddings[0].embeddings.numpy().copy()
+    features, labels = batch(64)
+    only_mix.train_on_batch(features, labels)
+    after = only_mix.network.embeddings[0].embeddings.numpy()
+    assert np.any(after[:, 4:5] != before[:, 4:5])
+    assert np.all(after[:, 7:] == before[:, 7:])  # no mix uses the TA's last column
+
+
+def test_model_serialization_and_checkpoint(tmp_path):
+    model = MatTARanker(tiny_config(), name="ranker")
+    features, _ = batch(16)
+    out = model(features)
+    clone = MatTARanker.from_config(model.get_config())
+    clone(features)
+    clone.set_weights([w + 0.01 for w in model.get_weights()])
+    tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
+    tf.train.Checkpoint(model=clone).read(str(tmp_path / "ckpt")).assert_existing_objects_matched()
+    again = clone(features)
+    for k in ("student", "ta"):
+        np.testing.assert_array_equal(out[k].numpy(), again[k].numpy())
+    serialized = tf.keras.utils.serialize_keras_object(model)
+    restored = tf.keras.utils.deserialize_keras_object(serialized)
+    assert isinstance(restored, MatTARanker) and restored.config == model.config
