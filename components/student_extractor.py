@@ -1,0 +1,167 @@
+"""StudentExtractor: cut N students out of the trained TA and export each for TF Serving.
+
+Inputs: the Trainer's `model` (see `components.trainer_module`: RankerConfig + TA
+checkpoint) and the Transform's `transform_graph`. For every arm in `arms` (names:
+`student`, `ta`, or `mix_k` = the k-th of `mixnmatch` evenly spaced Mix'n'Match sizes,
+`RankerConfig.mixnmatch_specs`), it runs `matta_tf.extract.extract` and exports the
+standalone model with `matta_tf.export.export_saved_model`, with the TFT transform layer
+as `preprocess` so the SavedModel takes *raw* serialized tf.Examples.
+
+Outputs:
+* `students` (Model): TF Serving layout `<uri>/<model_name>/<version>/saved_model.pb`
+  (versions 1..N in arm order) plus `<uri>/models.config` (a ModelServerConfig text proto,
+  one version label per arm, base path relative to the file) and `<uri>/students.json`
+  (arm -> version, spec, params, multiply-adds per example).
+* `model_<arm>` (Model) per arm: the same SavedModel under `Format-Serving/`, the layout
+  the standard Evaluator and Pusher read, so each arm is evaluated and pushed separately.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+from tfx import types
+from tfx.dsl.components.base import base_component, base_executor, executor_spec
+from tfx.types import artifact_utils, standard_artifacts
+from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
+
+STUDENTS_KEY = "students"
+DEFAULT_ARMS = ("student", "mix_1", "ta")
+# Columns that are not model inputs (label, ids, teacher) - left out of the serving parse spec.
+NON_FEATURE_COLUMNS = ("label", "impression_id", "timestamp", "teacher_logit", "has_teacher")
+
+
+def arm_output_key(arm: str) -> str:
+    return f"model_{arm}"
+
+
+def check_arms(arms, mixnmatch: int) -> list[str]:
+    arms = list(arms)
+    if not arms or len(set(arms)) != len(arms):
+        raise ValueError(f"StudentExtractor: arms must be distinct and non-empty, got {arms}")
+    for arm in arms:
+        if arm in ("student", "ta"):
+            continue
+        if not (arm.startswith("mix_") and arm[4:].isdigit() and 1 <= int(arm[4:]) <= mixnmatch):
+            raise ValueError(f"StudentExtractor: arm {arm!r} is not 'student', 'ta' or 'mix_k' with "
+                             f"1 <= k <= mixnmatch={mixnmatch}")
+    return arms
+
+
+def arm_specs(config, arms, mixnmatch: int) -> dict:
+    mixes = config.mixnmatch_specs(mixnmatch)
+    out = {}
+    for arm in arms:
+        if arm == "student":
+            out[arm] = config.student_spec()
+        elif arm == "ta":
+            out[arm] = config.ta_spec()
+        elif arm in mixes:
+            out[arm] = mixes[arm]
+        else:
+            raise ValueError(f"StudentExtractor: {arm!r} is not among the distinct Mix'n'Match sizes "
+                             f"{sorted(mixes)} of this model (student and TA too close?)")
+    return out
+
+
+def serving_parse_spec(tft_output, exclude=NON_FEATURE_COLUMNS) -> dict:
+    return {k: v for k, v in tft_output.raw_feature_spec().items() if k not in exclude}
+
+
+class StudentExtractorExecutor(base_executor.BaseExecutor):
+    def Do(self, input_dict, output_dict, exec_properties):
+        import tensorflow as tf
+        import tensorflow_transform as tft
+
+        from components import trainer_module
+        from matta_tf.export import export_saved_model
+        from matta_tf.extract import cost, extract
+        from serving.config import ServedModel, model_server_config_text
+
+        arms = json.loads(exec_properties["arms"])
+        mixnmatch = int(exec_properties["mixnmatch"])
+        model_name = exec_properties["model_name"]
+        model_artifact = artifact_utils.get_single_instance(input_dict["model"])
+        model_dir = os.path.join(model_artifact.uri, "Format-Serving")
+        transform_uri = artifact_utils.get_single_uri(input_dict["transform_graph"])
+        model, _ = trainer_module.load_trained(model_dir)
+        specs = arm_specs(model.config, arms, mixnmatch)
+        tft_output = tft.TFTransformOutput(transform_uri)
+        parse_spec = serving_parse_spec(tft_output)
+
+        students = artifact_utils.get_single_instance(output_dict[STUDENTS_KEY])
+        summary = {}
+        labels = {}
+        for version, arm in enumerate(arms, start=1):
+            standalone = extract(model, specs[arm], name=arm)
+            target = artifact_utils.get_single_instance(output_dict[arm_output_key(arm)])
+            export_dir = os.path.join(target.uri, "Format-Serving")
+            # A fresh TFT layer per export: each SavedModel tracks its own copy of the assets.
+            export_saved_model(standalone, export_dir, parse_spec,
+                               preprocess=tft_output.transform_features_layer())
+            layout_dir = os.path.join(students.uri, model_name, str(version))
+            shutil.copytree(export_dir, layout_dir)
+            c = cost(model.config, specs[arm])
+            size = sum(os.path.getsize(os.path.join(d, f))
+                       for d, _, fs in os.walk(export_dir) for f in fs)
+            summary[arm] = {"version": version, "spec": specs[arm].to_dict(), **c,
+                            "saved_model_bytes": size, "path": layout_dir}
+            labels[arm] = version
+            for a in (target, students):
+                a.set_int_custom_property(f"{arm}_params", int(c["params"]))
+            target.set_string_custom_property("arm", arm)
+            tf.get_logger().info("exported %s (%d params) to %s", arm, c["params"], export_dir)
+        config_text = model_server_config_text(
+            [ServedModel(name=model_name, base_path=model_name, labels=labels)])
+        with open(os.path.join(students.uri, "models.config"), "w") as f:
+            f.write(config_text)
+        with open(os.path.join(students.uri, "students.json"), "w") as f:
+            json.dump({"model_name": model_name, "arms": summary}, f, indent=1, sort_keys=True)
+        students.set_string_custom_property("arms", ",".join(arms))
+
+
+class StudentExtractorSpecBase(ComponentSpec):
+    PARAMETERS = {
+        "arms": ExecutionParameter(type=str),
+        "mixnmatch": ExecutionParameter(type=int),
+        "model_name": ExecutionParameter(type=str),
+    }
+    INPUTS = {
+        "model": ChannelParameter(type=standard_artifacts.Model),
+        "transform_graph": ChannelParameter(type=standard_artifacts.TransformGraph),
+    }
+    OUTPUTS = {STUDENTS_KEY: ChannelParameter(type=standard_artifacts.Model)}
+
+
+def _spec_class(arms):
+    """A spec class with one `model_<arm>` output per arm (output keys depend on the arms)."""
+    outputs = dict(StudentExtractorSpecBase.OUTPUTS)
+    for arm in arms:
+        outputs[arm_output_key(arm)] = ChannelParameter(type=standard_artifacts.Model)
+    return type("StudentExtractorSpec", (StudentExtractorSpecBase,), {"OUTPUTS": outputs})
+
+
+class StudentExtractor(base_component.BaseComponent):
+    """Extracts and exports students; see the module docstring.
+
+    Example:
+        extractor = StudentExtractor(model=trainer.outputs["model"],
+                                     transform_graph=transform.outputs["transform_graph"],
+                                     arms=["student", "mix_1", "ta"], mixnmatch=1)
+        extractor.outputs["model_student"]  # -> Evaluator / Pusher
+    """
+
+    SPEC_CLASS = StudentExtractorSpecBase
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(StudentExtractorExecutor)
+
+    def __init__(self, model, transform_graph, arms=DEFAULT_ARMS, mixnmatch: int = 1,
+                 model_name: str = "matta_ranker"):
+        arms = check_arms(arms, mixnmatch)
+        spec_cls = _spec_class(arms)
+        outputs = {STUDENTS_KEY: types.Channel(type=standard_artifacts.Model)}
+        for arm in arms:
+            outputs[arm_output_key(arm)] = types.Channel(type=standard_artifacts.Model)
+        spec = spec_cls(model=model, transform_graph=transform_graph, arms=json.dumps(arms),
+                        mixnmatch=int(mixnmatch), model_name=model_name, **outputs)
+        super().__init__(spec=spec)

@@ -1,0 +1,222 @@
+"""TFX Trainer module: MatTA co-training of TA + nested Student on TFT-transformed examples.
+
+`run_fn(fn_args)` builds `matta_tf.model.MatTARanker` from `custom_config["ranker"]` (the
+feature block is derived from the Transform output: one numeric input per normalised
+column, one `num_ids` categorical per vocabulary, sized V + oov_buckets), trains it with
+the MatTA loss against the stored teacher logits (Shampoo when `matta_tf.optimizers` has
+it, else Adam), logs to TensorBoard under `fn_args.model_run_dir`, and writes into
+`fn_args.serving_model_dir`:
+
+    ranker_config.json   the full RankerConfig (features sized for this run's vocabularies)
+    checkpoint/ckpt-*    the TA weights (the Student is their leading slice)
+    vocab/<feature>      this run's vocabularies (to remap embeddings when warm starting)
+    train_info.json      steps, optimizer, warm-start report, final metrics
+
+Warm start: when the Trainer gets a `base_model` (the previous span's model, see
+`pipelines.warm_start`), every weight of matching shape is copied, and embedding tables
+are remapped row by row through the two vocabularies (a value keeps its learned row even
+if its frequency rank changed; new values keep their fresh initialisation).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+import matta_tf  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+
+CONFIG_FILE = "ranker_config.json"
+CHECKPOINT_DIR = "checkpoint"
+VOCAB_DIR = "vocab"
+INFO_FILE = "train_info.json"
+
+DEFAULT_RANKER = {
+    "student": {"embedding_dim": 4, "cross_layers": 1, "mlp_widths": [16]},
+    "ta_expansion": {"embedding_dim": 2.0, "cross_rank": 2.0, "mlp_width": 2.0},
+    "warmup_steps": 50,
+}
+
+
+def feature_block(tft_output, transform_config: dict) -> dict:
+    """The RankerConfig `features` dict for transformed inputs (num_ids from vocab sizes)."""
+    oov = int(transform_config["oov_buckets"])
+    return {
+        "numeric": [{"name": n} for n in transform_config["numeric"]],
+        "categorical": [{"name": c, "num_ids": int(tft_output.vocabulary_size_by_name(c)) + oov,
+                         "oov_buckets": 1} for c in transform_config["categorical"]],
+    }
+
+
+def transformed_dataset(file_pattern, tft_output, batch_size: int, shuffle: bool, seed: int = 0):
+    """(features, label) batches from gzipped transformed tf.Examples; features are [B]."""
+    files = file_pattern if isinstance(file_pattern, list) else [file_pattern]
+    files = sorted(f for p in files for f in tf.io.gfile.glob(p))
+    spec = tft_output.transformed_feature_spec()
+    ds = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    if shuffle:
+        ds = ds.shuffle(20_000, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(lambda x: tf.io.parse_example(x, spec),
+                                  num_parallel_calls=tf.data.AUTOTUNE)
+
+    def split(features):
+        features = dict(features)
+        label = features.pop("label")
+        return features, label
+
+    return ds.map(split).prefetch(tf.data.AUTOTUNE)
+
+
+def make_optimizer(name: str, learning_rate: float):
+    if name in ("shampoo", "auto"):
+        try:
+            from matta_tf.optimizers import Shampoo
+        except ImportError:
+            if name == "shampoo":
+                raise
+        else:
+            return Shampoo(learning_rate=learning_rate), "shampoo"
+    return tf.keras.optimizers.Adam(learning_rate=learning_rate), "adam"
+
+
+def build_model(ranker_dict: dict):
+    from matta_tf.config import RankerConfig
+    from matta_tf.extract import dummy_features
+    from matta_tf.model import MatTARanker
+
+    config = RankerConfig.from_dict(ranker_dict)
+    model = MatTARanker(config)
+    model(dummy_features(config.features, 2))  # create every variable before restoring
+    return model
+
+
+def save_trained(model, ranker_dict: dict, out_dir: str, vocab_files: dict, info: dict):
+    tf.io.gfile.makedirs(out_dir)
+    with tf.io.gfile.GFile(os.path.join(out_dir, CONFIG_FILE), "w") as f:
+        f.write(json.dumps(ranker_dict, indent=1, sort_keys=True))
+    tf.train.Checkpoint(model=model).write(os.path.join(out_dir, CHECKPOINT_DIR, "ckpt"))
+    tf.io.gfile.makedirs(os.path.join(out_dir, VOCAB_DIR))
+    for name, path in vocab_files.items():
+        tf.io.gfile.copy(path, os.path.join(out_dir, VOCAB_DIR, name), overwrite=True)
+    with tf.io.gfile.GFile(os.path.join(out_dir, INFO_FILE), "w") as f:
+        f.write(json.dumps(info, indent=1, sort_keys=True, default=float))
+
+
+def load_trained(model_dir: str):
+    """(MatTARanker with restored weights, ranker dict) from a `save_trained` directory."""
+    with tf.io.gfile.GFile(os.path.join(model_dir, CONFIG_FILE)) as f:
+        ranker_dict = json.load(f)
+    model = build_model(ranker_dict)
+    tf.train.Checkpoint(model=model).read(
+        os.path.join(model_dir, CHECKPOINT_DIR, "ckpt")).assert_existing_objects_matched()
+    return model, ranker_dict
+
+
+def _read_vocab(path: str) -> list[str]:
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return [line.rstrip(b"\n").decode("utf-8", "replace") for line in f]
+
+
+def remap_rows(old_table: np.ndarray, old_vocab: list[str], new_table: np.ndarray,
+               new_vocab: list[str]) -> tuple[np.ndarray, int]:
+    """New embedding table whose rows for values known before come from `old_table`.
+
+    Rows [0, len(vocab)) are vocabulary values; rows after are OOV buckets, copied by
+    position (same hashing). Returns (table, number of rows carried over).
+    """
+    out = new_table.copy()
+    old_index = {v: i for i, v in enumerate(old_vocab)}
+    moved = 0
+    width = min(old_table.shape[1], new_table.shape[1])
+    for i, value in enumerate(new_vocab):
+        j = old_index.get(value)
+        if j is not None:
+            out[i, :width] = old_table[j, :width]
+            moved += 1
+    old_oov = old_table.shape[0] - len(old_vocab)
+    new_oov = new_table.shape[0] - len(new_vocab)
+    for k in range(min(old_oov, new_oov)):
+        out[len(new_vocab) + k, :width] = old_table[len(old_vocab) + k, :width]
+        moved += 1
+    return out, moved
+
+
+def warm_start(model, base_dir: str, new_vocab_files: dict) -> dict:
+    """Copies weights from the model saved in `base_dir`; returns a report of what moved."""
+    old_model, _ = load_trained(base_dir)
+    old_vars = {v.name: v for v in old_model.variables}
+    report = {"from": base_dir, "copied": 0, "remapped": 0, "rows_carried": 0, "skipped": []}
+    for var in model.variables:
+        old = old_vars.get(var.name)
+        if old is None:
+            report["skipped"].append(var.name)
+            continue
+        if tuple(old.shape) == tuple(var.shape) and "embedding_" not in var.name:
+            var.assign(old)
+            report["copied"] += 1
+            continue
+        feature = next((c for c in new_vocab_files if f"embedding_{c}/" in var.name), None)
+        old_vocab_path = os.path.join(base_dir, VOCAB_DIR, feature) if feature else None
+        if feature and tf.io.gfile.exists(old_vocab_path) and old.shape.rank == 2:
+            table, moved = remap_rows(old.numpy(), _read_vocab(old_vocab_path), var.numpy(),
+                                      _read_vocab(new_vocab_files[feature]))
+            var.assign(table)
+            report["remapped"] += 1
+            report["rows_carried"] += moved
+        elif tuple(old.shape) == tuple(var.shape):
+            var.assign(old)
+            report["copied"] += 1
+        else:
+            report["skipped"].append(var.name)
+    return report
+
+
+def training_log_callbacks(log_dir: str) -> list:
+    """TensorBoard logs when the tensorboard package is installed, else a CSV of epochs."""
+    tf.io.gfile.makedirs(log_dir)
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        # tf.summary needs the tensorboard package (not in the environment's lock file).
+        return [tf.keras.callbacks.CSVLogger(os.path.join(log_dir, "training_log.csv"))]
+    return [tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch")]
+
+
+def run_fn(fn_args):
+    import tensorflow_transform as tft
+
+    cc = dict(fn_args.custom_config or {})
+    transform_config = cc["transform"]
+    tft_output = tft.TFTransformOutput(fn_args.transform_output)
+    ranker_dict = {**DEFAULT_RANKER, **cc.get("ranker", {})}
+    ranker_dict["features"] = feature_block(tft_output, transform_config)
+    batch_size = int(cc.get("batch_size", 256))
+    model = build_model(ranker_dict)
+
+    vocab_files = {c: tft_output.vocabulary_file_by_name(c) for c in transform_config["categorical"]}
+    info = {"warm_start": None}
+    base_model = getattr(fn_args, "base_model", None)
+    if base_model and tf.io.gfile.exists(os.path.join(base_model, CONFIG_FILE)):
+        info["warm_start"] = warm_start(model, base_model, vocab_files)
+        print(f"[matta trainer] warm start from {base_model}: "
+              f"{info['warm_start']['copied']} copied, {info['warm_start']['remapped']} remapped")
+
+    optimizer, opt_name = make_optimizer(cc.get("optimizer", "auto"),
+                                         float(cc.get("learning_rate", 3e-3)))
+    model.compile(optimizer=optimizer)
+    train = transformed_dataset(fn_args.train_files, tft_output, batch_size, shuffle=True,
+                                seed=int(ranker_dict.get("seed", 0))).repeat()
+    # Repeated so `eval_steps` batches always exist, even for a tiny eval split.
+    evaluation = transformed_dataset(fn_args.eval_files, tft_output, batch_size,
+                                     shuffle=False).repeat()
+    steps = int(fn_args.train_steps or 100)
+    epochs = max(1, int(cc.get("epochs", 1)))
+    history = model.fit(
+        train, epochs=epochs, steps_per_epoch=max(1, steps // epochs),
+        validation_data=evaluation,
+        validation_steps=int(fn_args.eval_steps or 10),
+        callbacks=training_log_callbacks(fn_args.model_run_dir), verbose=2)
+    info.update(steps=steps, optimizer=opt_name, batch_size=batch_size,
+                final={k: float(v[-1]) for k, v in history.history.items()})
+    save_trained(model, ranker_dict, fn_args.serving_model_dir, vocab_files, info)

@@ -1,0 +1,68 @@
+"""`matta pipeline run|compile` and `matta demo` (TensorFlow/TFX imported in handlers only)."""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _load_config(args):
+    from pipelines.config import PipelineConfig
+
+    config = PipelineConfig.from_file(args.config)
+    if args.beam_arg:
+        config.beam_args = list(config.beam_args) + list(args.beam_arg)
+    return config
+
+
+def _run(args) -> int:
+    from pipelines.pipeline import run_pipeline
+
+    config = _load_config(args)
+    run_pipeline(config)
+    print(f"pipeline {config.name} finished; MLMD at {config.metadata_path}")
+    return 0
+
+
+def _compile(args) -> int:
+    from pipelines.compile import compile_pipeline
+
+    config = _load_config(args)
+    path = compile_pipeline(config, args.runner, args.output, image=args.image)
+    print(f"wrote {args.runner} pipeline spec to {path}")
+    return 0
+
+
+def _demo(args) -> int:
+    from pipelines.demo import run_demo
+
+    root = os.path.abspath(args.root)
+    if os.path.exists(os.path.join(root, "pipeline")) and not args.reuse:
+        raise ValueError(f"{root} already holds a demo run; pass --reuse to run again (cache) "
+                         "or choose another --root")
+    summary = run_demo(root, rows=args.rows)
+    return 0 if summary["arms"] else 1
+
+
+def register(subparsers) -> None:
+    pipeline = subparsers.add_parser("pipeline", help="run or compile the MatTA TFX pipeline")
+    sub = pipeline.add_subparsers(dest="pipeline_command", metavar="ACTION")
+    run = sub.add_parser("run", help="run locally (LocalDagRunner, SQLite MLMD, Beam DirectRunner)")
+    run.add_argument("--config", required=True, help="pipeline config YAML/JSON")
+    run.add_argument("--beam-arg", action="append", default=[],
+                     help="extra Beam pipeline arg, e.g. --beam-arg=--runner=FlinkRunner (repeatable)")
+    run.set_defaults(func=_run)
+    comp = sub.add_parser("compile", help="write a pipeline spec / DAG file for a scheduler")
+    comp.add_argument("--config", required=True)
+    comp.add_argument("--runner", required=True, choices=["vertex", "kubeflow-v2", "airflow"])
+    comp.add_argument("--output", required=True, help="output file (.json for vertex/kubeflow-v2, .py for airflow)")
+    comp.add_argument("--image", default="tensorflow/tfx:1.21.0",
+                      help="container image with matta installed (vertex/kubeflow-v2)")
+    comp.add_argument("--beam-arg", action="append", default=[])
+    comp.set_defaults(func=_compile)
+    pipeline.set_defaults(func=lambda args: (pipeline.print_help(sys.stderr), 2)[1])
+
+    demo = subparsers.add_parser("demo", help="generate click logs and run the whole pipeline locally")
+    demo.add_argument("--root", default="matta-demo", help="working folder (default ./matta-demo)")
+    demo.add_argument("--rows", type=int, default=200_000)
+    demo.add_argument("--reuse", action="store_true", help="run again in an existing --root")
+    demo.set_defaults(func=_demo)

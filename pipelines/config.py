@@ -1,0 +1,90 @@
+"""PipelineConfig: everything `create_pipeline` needs, loadable from YAML or JSON."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    """One MatTA TFX pipeline. Relative paths resolve against the config file's folder.
+
+    data_root: the click-log input base; `input_pattern` (may contain {SPAN}/{VERSION})
+    and `teacher_pattern` (Parquet `impression_id`, `teacher_logit`) are relative to it.
+    """
+
+    data_root: str
+    pipeline_root: str
+    name: str = "matta"
+    log_schema: Any = "criteo"  # preset name, YAML path, or mapping
+    input_pattern: str = "*"
+    teacher_pattern: str | None = None
+    split: dict | None = None
+    max_quarantine_rate: float = 0.05
+    metadata_path: str | None = None  # default <pipeline_root>/metadata.sqlite
+    serving_dir: str | None = None  # default <pipeline_root>/serving
+    model_name: str = "matta_ranker"
+    arms: tuple[str, ...] = ("student", "mix_1", "ta")
+    mixnmatch: int = 1
+    ranker: dict = dataclasses.field(default_factory=dict)  # RankerConfig fields minus features
+    train_steps: int = 500
+    eval_steps: int = 50
+    batch_size: int = 256
+    epochs: int = 1
+    optimizer: str = "auto"  # auto (Shampoo if available) | shampoo | adam
+    learning_rate: float = 3e-3
+    oov_buckets: int = 2
+    vocab_top_k: int | None = 10_000
+    min_auc: float = 0.5  # blessing threshold for each arm
+    beam_args: list[str] = dataclasses.field(default_factory=list)
+    direct_num_workers: int = 0  # 0 = all cores (DirectRunner multi_processing)
+    enable_cache: bool = True
+
+    def __post_init__(self):
+        self.arms = tuple(self.arms)
+        if self.metadata_path is None:
+            self.metadata_path = os.path.join(self.pipeline_root, "metadata.sqlite")
+        if self.serving_dir is None:
+            self.serving_dir = os.path.join(self.pipeline_root, "serving")
+
+    @classmethod
+    def from_dict(cls, data: dict, base_dir: str | None = None) -> PipelineConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"pipeline config: unknown keys {sorted(unknown)}")
+        data = dict(data)
+        if base_dir:
+            for key in ("data_root", "pipeline_root", "metadata_path", "serving_dir"):
+                if data.get(key) and "://" not in data[key] and not os.path.isabs(data[key]):
+                    data[key] = os.path.join(base_dir, data[key])
+            ls = data.get("log_schema")
+            if isinstance(ls, str) and ls.endswith((".yaml", ".yml", ".json")) and not os.path.isabs(ls):
+                data["log_schema"] = os.path.join(base_dir, ls)
+        return cls(**data)
+
+    @classmethod
+    def from_file(cls, path: str) -> PipelineConfig:
+        import yaml
+
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"pipeline config {path} does not exist")
+        with open(path) as f:
+            data = yaml.safe_load(f) if path.endswith((".yaml", ".yml")) else json.load(f)
+        if not isinstance(data, dict):
+            raise ValueError(f"pipeline config {path}: expected a mapping")
+        return cls.from_dict(data, os.path.dirname(os.path.abspath(path)))
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["arms"] = list(self.arms)
+        return d
+
+    def beam_pipeline_args(self) -> list[str]:
+        args = list(self.beam_args)
+        if not any(a.startswith("--runner") for a in args):
+            args = ["--direct_running_mode=multi_processing",
+                    f"--direct_num_workers={self.direct_num_workers}"] + args
+        return args
