@@ -408,6 +408,25 @@ class RankerConfig:
         return SubmodelSpec(embedding_dim=max(1, lerp(s.embedding_dim, ta.embedding_dim)),
                             cross_layers=cross_layers, cross_ranks=ranks, mlp_widths=widths)
 
+    def random_spec(self, rng) -> SubmodelSpec:
+        """A random Mix'n'Match spec: every size chosen independently and uniformly between
+        the Student's and the TA's (`rng` is a `numpy.random.Generator`)."""
+        s, ta = self.student, self.ta
+
+        def pick(lo, hi):
+            return int(rng.integers(lo, hi + 1))
+
+        cross_layers = pick(s.cross_layers, ta.cross_layers)
+        ranks = ()
+        if ta.low_rank and cross_layers:
+            ranks = tuple(pick(s.cross_ranks[i] if i < s.cross_layers else 1, ta.cross_ranks[i])
+                          for i in range(cross_layers))
+        depth = pick(len(s.mlp_widths), len(ta.mlp_widths))
+        widths = tuple(pick(s.mlp_widths[i] if i < len(s.mlp_widths) else 1, ta.mlp_widths[i])
+                       for i in range(depth))
+        return SubmodelSpec(embedding_dim=pick(s.embedding_dim, ta.embedding_dim),
+                            cross_layers=cross_layers, cross_ranks=ranks, mlp_widths=widths)
+
     def mixnmatch_specs(self, n: int) -> dict[str, SubmodelSpec]:
         """n intermediate Mix'n'Match specs, `mix_1` (closest to the Student) .. `mix_n`,
         evenly spaced per layer between Student and TA (duplicates of either end dropped)."""

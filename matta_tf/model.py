@@ -244,8 +244,11 @@ class MatTARanker(tf.keras.Model):
         names = ["loss", "student_bce", "ta_bce", "teacher_kd_student", "teacher_kd_ta", "ta_kd_student"]
         if self.train_mixnmatch_specs:
             names += ["mixnmatch_bce", "teacher_kd_mixnmatch", "ta_kd_mixnmatch"]
-        self.loss_trackers = {n: tf.keras.metrics.Mean(name=n) for n in names}
-        self.eval_metrics = {"student": submodel_metrics("student"), "ta": submodel_metrics("ta")}
+        # Metrics are set with object.__setattr__ so Keras does not track them as sublayers:
+        # their accumulators must not show up in model.weights, checkpoints or warm starts.
+        object.__setattr__(self, "loss_trackers", {n: tf.keras.metrics.Mean(name=n) for n in names})
+        object.__setattr__(self, "eval_metrics",
+                           {"student": submodel_metrics("student"), "ta": submodel_metrics("ta")})
 
     # ---- forward
     def call(self, features, training=None):

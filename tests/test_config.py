@@ -74,6 +74,19 @@ def test_mixnmatch_specs_are_nested_between_student_and_ta():
     assert config.student not in specs.values() and config.ta not in specs.values()
 
 
+def test_random_specs_are_nested():
+    import numpy as np
+
+    config = RankerConfig.from_yaml(YAML)
+    rng = np.random.default_rng(0)
+    specs = {config.random_spec(rng) for _ in range(50)}
+    assert len(specs) > 10
+    for spec in specs:
+        config.check_spec(spec)
+        assert spec.embedding_dim >= config.student.embedding_dim
+        assert all(w >= s for w, s in zip(spec.mlp_widths, config.student.mlp_widths, strict=False))
+
+
 @pytest.mark.parametrize("mutate,message", [
     (lambda d: d.update(ta={"embedding_dim": 2, "cross_layers": 1, "cross_ranks": [2], "mlp_widths": [8, 4]}),
      "student is larger than the ta: embedding_dim 4 > ta 2"),

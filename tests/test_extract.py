@@ -51,7 +51,8 @@ def features():
 def test_extracted_models_equal_nested_forward(kind, features):
     config = CONFIGS[kind]
     model = _randomised_model(config)
-    specs = {"student": config.student, "ta": config.ta, "mixed": MIXED[kind], **config.mixnmatch_specs(2)}
+    specs = {"student": config.student, "ta": config.ta, "mixed": MIXED[kind], **config.mixnmatch_specs(2),
+             "random": config.random_spec(np.random.default_rng(1))}
     ta_params = cost(config, config.ta)["params"]
     for name, spec in specs.items():
         small = extract(model, spec, name=name)
@@ -105,3 +106,18 @@ def test_standalone_keras_serialization(tmp_path, features):
     loaded = tf.keras.models.load_model(path)
     assert isinstance(loaded, StandaloneRanker) and loaded.spec == MIXED["low_rank"]
     np.testing.assert_allclose(loaded(features).numpy(), want, atol=1e-6)
+
+
+def test_ranker_cost_cli(tmp_path, capsys):
+    import json
+
+    from matta_tf.cli import main
+
+    path = tmp_path / "ranker.json"
+    path.write_text(CONFIGS["low_rank"].to_json())
+    assert main(["ranker-cost", "--config", str(path), "--mixnmatch", "1"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["name"] for r in rows] == ["student", "mix_1", "ta"]
+    assert rows[0]["params"] == cost(CONFIGS["low_rank"], CONFIGS["low_rank"].student)["params"]
+    assert rows[0]["params"] < rows[1]["params"] < rows[2]["params"]
+    assert main(["ranker-cost", "--config", str(tmp_path / "missing.yaml")]) == 2

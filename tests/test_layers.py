@@ -146,3 +146,15 @@ def test_feature_preprocessor_errors_name_the_feature():
     with pytest.raises(ValueError, match="numeric feature 'n1' got a string"):
         pre({"n1": tf.constant(["1"]), "n2": tf.zeros([1]), "vocab": tf.constant(["a"]),
              "hashed": tf.constant(["a"]), "ids": tf.zeros([1], tf.int64)})
+
+
+def test_feature_preprocessor_serialization_round_trip():
+    pre = FeaturePreprocessor(_spec())
+    clone = tf.keras.layers.deserialize(tf.keras.layers.serialize(pre))
+    assert clone.features == pre.features
+    features = {"n1": tf.constant([np.nan, 2.0]), "n2": tf.constant([1.0, 2.0]), "vocab": tf.constant(["b", "q"]),
+                "hashed": tf.constant(["x", "y"]), "ids": tf.constant([1, 9], tf.int64)}
+    a, b = pre(features), clone(features)
+    np.testing.assert_array_equal(a[0].numpy(), b[0].numpy())
+    for x, y in zip(a[1], b[1], strict=True):
+        np.testing.assert_array_equal(x.numpy(), y.numpy())

@@ -245,6 +245,8 @@ def test_model_serialization_and_checkpoint(tmp_path):
     model = MatTARanker(tiny_config(), name="ranker")
     features, _ = batch(16)
     out = model(features)
+    # Metric accumulators are not model weights (nor checkpointed / warm-started).
+    assert all(w.trainable for w in model.weights)
     clone = MatTARanker.from_config(model.get_config())
     clone(features)
     clone.set_weights([w + 0.01 for w in model.get_weights()])
