@@ -29,14 +29,18 @@ def spd_with_condition(n, condition, rng):
     return (q * lam) @ q.T
 
 
-def ragged_blocks(m, n, layout):
+def balanced_block_starts(d, block_size):
+    """Independent statement of the blocking rule: k = ceil(d / block_size) blocks of
+    length ceil(d / k), the last one shorter."""
+    k = int(np.ceil(d / block_size))
+    length = int(np.ceil(d / k))
+    return [(s, min(s + length, d)) for s in range(0, d, length)]
+
+
+def ragged_blocks(m, n, block_size):
     """Index slices of each block (row-major block order), without padding."""
-    bm, bn = layout.block_shape
-    out = []
-    for i in range(layout.num_blocks[0]):
-        for j in range(layout.num_blocks[1]):
-            out.append((slice(i * bm, min((i + 1) * bm, m)), slice(j * bn, min((j + 1) * bn, n))))
-    return out
+    return [(slice(r0, r1), slice(c0, c1)) for r0, r1 in balanced_block_starts(m, block_size)
+            for c0, c1 in balanced_block_starts(n, block_size)]
 
 
 # ---------------------------------------------------------------------------- layout
@@ -47,9 +51,12 @@ def test_make_layout_shapes():
     assert big.is_kronecker and big.exponent == 2  # one-sided: full-matrix Adagrad side
 
     blocked = sm.make_layout([300, 200], 128, 4096)
-    assert blocked.num_blocks == (3, 2) and blocked.block_shape == (128, 128)
-    assert blocked.padded_shape == (384, 256) and blocked.exponent == 4
-    assert blocked.statistics_shape(0) == (6, 128, 128)
+    assert blocked.num_blocks == (3, 2) and blocked.block_shape == (100, 100)
+    assert blocked.padded_shape == (300, 200) and blocked.exponent == 4
+    assert blocked.statistics_shape(0) == (6, 100, 100)
+    ragged = sm.make_layout([429, 64], 128, 4096)
+    assert ragged.num_blocks == (4, 1) and ragged.block_shape == (108, 64)
+    assert ragged.padded_shape == (432, 64)
 
     conv = sm.make_layout([3, 3, 16, 64], 256, 4096)
     assert conv.matrix_shape == (144, 64) and conv.num_blocks == (1, 1)
@@ -62,7 +69,7 @@ def test_make_layout_shapes():
 
 
 @pytest.mark.parametrize("shape,block", [((37, 53), 16), ((64, 20), 16), ((20, 64), 16),
-                                         ((10, 12), 128)])
+                                         ((10, 12), 128), ((33, 50), 16)])
 def test_blocks_roundtrip_and_norms(shape, block):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(np.float32)
@@ -71,7 +78,7 @@ def test_blocks_roundtrip_and_norms(shape, block):
     assert blocks.shape == (layout.total_blocks, *layout.block_shape)
     np.testing.assert_array_equal(sm.from_blocks(tf.constant(blocks), layout).numpy(), x)
     norms = sm.block_squared_norms(tf.constant(x), layout).numpy()
-    for k, (rs, cs) in enumerate(ragged_blocks(*shape, layout)):
+    for k, (rs, cs) in enumerate(ragged_blocks(*shape, block)):
         bm, bn = x[rs, cs].shape
         np.testing.assert_array_equal(blocks[k, :bm, :bn], x[rs, cs])
         assert np.all(blocks[k, bm:, :] == 0) and np.all(blocks[k, :, bn:] == 0)
@@ -125,7 +132,7 @@ def test_inverse_root_flags_nonfinite_and_zero_is_identity(method):
 
 
 # ---------------------------------------------------------------------------- direction
-@pytest.mark.parametrize("shape,block", [((24, 40), 128), ((45, 70), 16)])
+@pytest.mark.parametrize("shape,block", [((24, 40), 128), ((46, 67), 16)])
 def test_preconditioned_direction_matches_numpy(shape, block):
     """Statistics over several steps, roots, L^-1/4 G R^-1/4 and grafting, with and
     without (ragged) blocking, against a per-block float64 loop."""
@@ -151,7 +158,7 @@ def test_preconditioned_direction_matches_numpy(shape, block):
 
     ref = np.zeros(shape)
     ref_grafted = np.zeros(shape)
-    for rs, cs in ragged_blocks(*shape, layout):
+    for rs, cs in ragged_blocks(*shape, block):
         lb = sum(beta2 ** (len(grads) - 1 - t) * (1 - beta2)
                  * grads[t][rs, cs].astype(np.float64) @ grads[t][rs, cs].T.astype(np.float64)
                  for t in range(len(grads)))

@@ -13,7 +13,7 @@ Shampoo (Gupta et al. 2018, Anil et al. 2020) preconditions the gradient ``G`` o
 
 with damping ``lambda = matrix_eps * lambda_max`` relative to each factor's largest
 eigenvalue, so the condition number of the damped factor is at most ``1 / matrix_eps`` in
-any unit. Large dimensions are cut into blocks of ``block_size`` (each block is its own
+any unit. Large dimensions are cut into blocks of at most ``block_size`` (each block is its own
 small Shampoo problem); dimensions above ``max_preconditioner_dim`` are not preconditioned
 at all (identity factor), and a tensor with no preconditioned dimension (biases, 1-D
 vectors) uses the grafted diagonal method alone.
@@ -134,8 +134,9 @@ def make_layout(
     """Builds the `BlockLayout` for a variable of `shape`.
 
     A matrix dimension ``d`` is preconditioned iff ``d <= max_preconditioner_dim``; if it
-    is also ``> block_size`` it is split into ``ceil(d / block_size)`` blocks of
-    ``block_size`` (the last one zero-padded). The default exponent is ``p = 2 k`` for
+    is also ``> block_size`` it is split into ``k = ceil(d / block_size)`` blocks of equal
+    length ``ceil(d / k) <= block_size`` (the last one zero-padded), which wastes less
+    padding and root work than ``k`` blocks of ``block_size``. The default exponent is ``p = 2 k`` for
     ``k`` preconditioned dimensions: ``X^{-1/4}`` for a full 2-D Shampoo, ``X^{-1/2}``
     (full-matrix Adagrad on that side) when only one side is preconditioned.
     """
@@ -149,8 +150,9 @@ def make_layout(
     num_blocks = []
     for d, pre in zip(matrix_shape, preconditioned, strict=True):
         if pre and d > block_size:
-            block_shape.append(block_size)
-            num_blocks.append(-(-d // block_size))
+            count = -(-d // block_size)
+            block_shape.append(-(-d // count))  # balanced: 429 -> 4 x 108, not 4 x 128
+            num_blocks.append(count)
         else:
             block_shape.append(d)
             num_blocks.append(1)
