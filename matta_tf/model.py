@@ -133,6 +133,29 @@ class Calibration(tf.keras.metrics.Metric):
         return tf.cast(tf.math.divide_no_nan(self.prediction_sum, self.label_sum), tf.float32)
 
 
+def evaluate_submodels(model, dataset, specs: dict) -> dict[str, dict[str, float]]:
+    """AUC, log-loss and calibration of several nested submodels of a `MatTARanker` in one
+    pass over `dataset` (features are preprocessed and embedded once per batch).
+
+    Returns {name: {"auc": ..., "logloss": ..., "calibration": ...}}."""
+    for spec in specs.values():
+        model.config.check_spec(spec)
+    metrics = {name: submodel_metrics(name) for name in specs}
+
+    @tf.function
+    def step(features, labels):
+        encoded = model.network.encode(features)
+        labels = tf.reshape(tf.cast(labels, tf.float32), [-1])
+        for name, spec in specs.items():
+            logits = model.network.logits_at(encoded, spec)
+            for metric in metrics[name]:
+                metric.update_state(labels, logits)
+
+    for features, labels in dataset:
+        step(features, labels)
+    return {name: {m.name[len(name) + 1:]: float(m.result()) for m in ms} for name, ms in metrics.items()}
+
+
 def submodel_metrics(prefix: str) -> list:
     return [tf.keras.metrics.AUC(from_logits=True, num_thresholds=1000, name=f"{prefix}_auc"),
             tf.keras.metrics.BinaryCrossentropy(from_logits=True, name=f"{prefix}_logloss"),
@@ -203,7 +226,10 @@ class RankerNetwork(tf.keras.layers.Layer):
         if spec.cross_layers > len(self.crosses) or len(spec.mlp_widths) > len(self.mlp):
             raise ValueError(f"spec {spec} is deeper than this network's {self.max_spec}")
         # Dimension-major flattening: [B, d, m] -> [B, d*m] (dim 0 of all features first).
-        x0 = tf.concat([numeric, tf.reshape(stacked[:, :d, :], [-1, d * m])], axis=1)
+        if m:
+            x0 = tf.concat([numeric, tf.reshape(stacked[:, :d, :], [-1, d * m])], axis=1)
+        else:  # numeric-only model (reshape cannot infer -1 with zero elements)
+            x0 = numeric
         x = x0
         for i in range(spec.cross_layers):
             x = self.crosses[i](x0, x, rank=spec.cross_ranks[i] if spec.low_rank else None)

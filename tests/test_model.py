@@ -17,6 +17,7 @@ from matta_tf.datasets import (
 from matta_tf.model import (
     MatTARanker,
     build_logistic_regression,
+    evaluate_submodels,
     matta_loss_terms,
     teacher_mask_and_logits,
     warmup_ramp,
@@ -201,6 +202,11 @@ def test_short_training_beats_logistic_regression_on_planted_crosses():
     model.compile(optimizer=tf.keras.optimizers.Adam(3e-3))
     model.fit(train_ds, epochs=3, verbose=0)
     metrics = model.evaluate(test_ds, return_dict=True, verbose=0)
+    per_spec = evaluate_submodels(model, test_ds, {"student": model.config.student,
+                                                   **model.config.mixnmatch_specs(1), "ta": model.config.ta})
+    assert abs(per_spec["student"]["auc"] - metrics["student_auc"]) < 1e-6
+    assert abs(per_spec["ta"]["logloss"] - metrics["ta_logloss"]) < 1e-5
+    assert per_spec["mix_1"]["auc"] >= 0.75  # cut out after training, never trained alone
 
     lr = build_logistic_regression(FEATURES)
     lr.compile(optimizer=tf.keras.optimizers.Adam(1e-2),
@@ -209,7 +215,7 @@ def test_short_training_beats_logistic_regression_on_planted_crosses():
     lr.fit(train_ds, epochs=3, verbose=0)
     lr_auc = lr.evaluate(test_ds, return_dict=True, verbose=0)["auc"]
     print(f"oracle AUC {oracle:.4f}  student {metrics['student_auc']:.4f}  ta {metrics['ta_auc']:.4f}  "
-          f"logistic regression {lr_auc:.4f}")
+          f"mix_1 {per_spec['mix_1']['auc']:.4f}  logistic regression {lr_auc:.4f}")
     assert metrics["student_auc"] >= 0.75
     assert metrics["ta_auc"] >= 0.75
     assert lr_auc <= oracle - 0.12, "the generator's crosses must be out of a linear model's reach"
@@ -258,3 +264,18 @@ def test_model_serialization_and_checkpoint(tmp_path):
     serialized = tf.keras.utils.serialize_keras_object(model)
     restored = tf.keras.utils.deserialize_keras_object(serialized)
     assert isinstance(restored, MatTARanker) and restored.config == model.config
+
+
+@pytest.mark.parametrize("kind", ["numeric_only", "categorical_only"])
+def test_single_kind_feature_specs(kind):
+    from matta_tf.config import FeatureSpec
+    from matta_tf.extract import extract
+
+    features = (FeatureSpec(numeric=FEATURES.numeric) if kind == "numeric_only"
+                else FeatureSpec(categorical=FEATURES.categorical))
+    config = RankerConfig(features=features, student=SubmodelSpec(2, 1, (), (4,)))
+    model = MatTARanker(config)
+    inputs, _ = batch(8)
+    out = model(inputs)
+    assert out["student"].shape == (8,) and np.all(np.isfinite(out["ta"].numpy()))
+    np.testing.assert_allclose(extract(model, config.student)(inputs).numpy(), out["student"].numpy(), atol=1e-6)
