@@ -205,8 +205,12 @@ class RankerNetwork(tf.keras.layers.Layer):
                                 kernel_initializer=init.GlorotUniform(seed=base + 3000))
         # Build every weight now, at full size, so no variable is ever created inside a
         # traced train step or a tf.switch_case branch.
-        for layer in [*self.embeddings, *self.crosses, *self.mlp, self.head]:
-            layer.build(None)
+        # Explicit name scopes give the variables unique, stable names
+        # ("network/embedding_C1/embeddings:0"), which warm starts match on.
+        with tf.name_scope(self.name):
+            for layer in [*self.embeddings, *self.crosses, *self.mlp, self.head]:
+                with tf.name_scope(layer.name):
+                    layer.build(None)
         self.built = True
 
     def encode(self, features):

@@ -253,6 +253,11 @@ def test_model_serialization_and_checkpoint(tmp_path):
     out = model(features)
     # Metric accumulators are not model weights (nor checkpointed / warm-started).
     assert all(w.trainable for w in model.weights)
+    # Variable names are unique and stable across instances (warm starts match by name).
+    names = [w.name for w in model.weights]
+    assert len(set(names)) == len(names)
+    assert "network/embedding_C1/embeddings:0" in names and "network/cross_2/kernel:0" in names
+    assert names == [w.name for w in MatTARanker(tiny_config()).weights]
     clone = MatTARanker.from_config(model.get_config())
     clone(features)
     clone.set_weights([w + 0.01 for w in model.get_weights()])
