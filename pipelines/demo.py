@@ -76,7 +76,7 @@ def summarize(config: PipelineConfig) -> dict:
             info = json.load(f)
         out["layout"] = students.uri
         out["models_config"] = os.path.join(students.uri, "models.config")
-        for arm, a in info["arms"].items():
+        for arm, a in sorted(info["arms"].items(), key=lambda kv: kv[1]["version"]):
             row = {"path": a["path"], "params": a["params"],
                    "madds_per_example": a["madds_per_example"],
                    "saved_model_bytes": a["saved_model_bytes"]}
