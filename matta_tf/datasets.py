@@ -22,9 +22,10 @@ eval logs made with different `seed`s share the same ground truth):
                on a pilot sample, probit approximation), so sigmoid(teacher_logit) is a
                calibrated probability with AUC below the oracle's.
 
-Rows come in fixed blocks of `BLOCK_ROWS` from `np.random.default_rng([seed, block])`
-(Philox-free but counter-based seeding), so the first N rows are identical whatever
-the total row count or chunking.
+Rows come in fixed blocks of `BLOCK_ROWS`, block b drawn from
+`np.random.default_rng([seed, b])` (PCG64 keyed by a SeedSequence of (seed, b)), so the
+first N rows are identical whatever the total row count or chunking, and generation is
+vectorised NumPy per block (1M Criteo-like rows in about 4 s on one core).
 
 Example:
 
