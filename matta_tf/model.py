@@ -329,12 +329,18 @@ class MatTARanker(tf.keras.Model):
         for name, metrics in self.eval_metrics.items():
             for metric in metrics:
                 metric.update_state(labels, logits[name])
-        return {m.name: m.result() for m in self.metrics}
+        # Terms not computed in this step (the sampled Mix'n'Match terms at eval) are left
+        # out rather than reported as 0.
+        return {m.name: m.result() for m in self.metrics
+                if m.name in terms or m.name not in self.loss_trackers}
 
     def train_step(self, data):
         with tf.GradientTape() as tape:
             labels, logits, terms = self._matta_losses(data, training=True)
             loss = terms["loss"] + tf.add_n(self.losses) if self.losses else terms["loss"]
+            # Gradients are summed over replicas under a distribution strategy; scale the
+            # per-replica mean so the update is that of the global-batch mean.
+            loss = loss / tf.distribute.get_strategy().num_replicas_in_sync
         self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
         return self._update_metrics(labels, logits, terms)
 

@@ -234,6 +234,8 @@ def test_mixnmatch_sampling_and_other_optimizers():
     history = model.fit(table_to_dataset(table, FEATURES, 128), epochs=1, verbose=0).history
     assert np.isfinite(history["mixnmatch_bce"][-1]) and history["mixnmatch_bce"][-1] > 0
     assert np.isfinite(history["loss"][-1])
+    evaluated = model.evaluate(table_to_dataset(table, FEATURES, 512), return_dict=True, verbose=0)
+    assert "mixnmatch_bce" not in evaluated and evaluated["student_auc"] > 0  # not sampled at eval
     # The sampled term really reaches weights: with only the Mix'n'Match term on, an
     # SGD step changes embedding columns beyond the Student's (used by both mixes).
     only_mix = MatTARanker(tiny_config(mixnmatch_train_specs=2, loss_weights=LossWeights(
@@ -284,3 +286,44 @@ def test_single_kind_feature_specs(kind):
     out = model(inputs)
     assert out["student"].shape == (8,) and np.all(np.isfinite(out["ta"].numpy()))
     np.testing.assert_allclose(extract(model, config.student)(inputs).numpy(), out["student"].numpy(), atol=1e-6)
+
+
+MIRRORED_SCRIPT = """
+import matta_tf
+import numpy as np
+import tensorflow as tf
+cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+from tests.test_model import FEATURES, LOGS, tiny_config
+from matta_tf.datasets import generate_click_logs, table_to_dataset
+from matta_tf.model import MatTARanker
+ds = table_to_dataset(generate_click_logs(128, seed=1, config=LOGS), FEATURES, 128)
+single = MatTARanker(tiny_config(warmup_steps=0))
+single.compile(optimizer=tf.keras.optimizers.SGD(0.5))
+single.fit(ds, verbose=0)
+with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+    multi = MatTARanker(tiny_config(warmup_steps=0))
+    multi.compile(optimizer=tf.keras.optimizers.SGD(0.5))
+multi.fit(ds, verbose=0)
+moved = max(np.abs(a - b).max() for a, b in zip(single.get_weights(), MatTARanker(tiny_config()).get_weights()))
+diff = max(np.abs(a - b).max() for a, b in zip(single.get_weights(), multi.get_weights()))
+print("RESULT", moved, diff)
+"""
+
+
+def test_mirrored_strategy_step_equals_single_device():
+    """Two replicas on one global batch make the same SGD update as one device (the loss
+    is scaled by 1/replicas because replica gradients are summed)."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
+    assert proc.returncode == 0 and line, proc.stderr[-3000:]
+    moved, diff = map(float, line[0].split()[1:])
+    assert moved > 0.1  # the step did something
+    assert diff < 1e-5
