@@ -24,6 +24,8 @@ def register(subparsers) -> None:
     gen.add_argument("--cardinalities", help="comma-separated category counts, one per categorical feature")
     gen.add_argument("--missing-rate", type=float, default=0.02)
     gen.add_argument("--teacher-noise-std", type=float, default=0.5)
+    gen.add_argument("--teacher-coverage", type=float, default=1.0,
+                     help="fraction of rows with a teacher logit (the rest are null / absent)")
     gen.add_argument("--world-seed", type=int, default=0,
                      help="seed of the ground truth (keep it equal for train and eval logs)")
     gen.add_argument("--feature-spec-out", help="also write the matching FeatureSpec as JSON")
@@ -46,7 +48,8 @@ def _generate_logs(args) -> int:
             raise ValueError(f"--cardinalities must be comma-separated integers, got {args.cardinalities!r}") from None
     config = SyntheticLogConfig(num_numeric=args.num_numeric, num_categorical=args.num_categorical,
                                 cardinalities=cardinalities, missing_rate=args.missing_rate,
-                                teacher_noise_std=args.teacher_noise_std, world_seed=args.world_seed)
+                                teacher_noise_std=args.teacher_noise_std,
+                                teacher_coverage=args.teacher_coverage, world_seed=args.world_seed)
     start = time.perf_counter()
     write_click_logs(args.out, args.rows, seed=args.seed, fmt=args.format,
                      teacher_path=args.teacher_out, config=config)

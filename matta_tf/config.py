@@ -185,6 +185,12 @@ class FeatureSpec:
     def names(self) -> list[str]:
         return [f.name for f in self.numeric] + [f.name for f in self.categorical]
 
+    def check_columns(self, columns, where: str = "the data") -> None:
+        """Raise ValueError naming every configured feature that `columns` lacks."""
+        unknown = [n for n in self.names if n not in set(columns)]
+        if unknown:
+            raise ValueError(f"feature(s) {unknown} are not columns of {where}; it has {sorted(columns)}")
+
     @classmethod
     def from_dict(cls, data: dict) -> FeatureSpec:
         _check_keys(cls, data, "features")

@@ -20,7 +20,8 @@ eval logs made with different `seed`s share the same ground truth):
 * teacher_logit: a noisy teacher t = l + eps, eps ~ N(0, teacher_noise_std^2), reported
                as its calibrated posterior logit E-approx[l | t] (Gaussian prior on l fitted
                on a pilot sample, probit approximation), so sigmoid(teacher_logit) is a
-               calibrated probability with AUC below the oracle's.
+               calibrated probability with AUC below the oracle's. A fraction
+               1 - `teacher_coverage` of rows has no teacher (null).
 
 Rows come in fixed blocks of `BLOCK_ROWS`, block b drawn from
 `np.random.default_rng([seed, b])` (PCG64 keyed by a SeedSequence of (seed, b)), so the
@@ -68,6 +69,7 @@ class SyntheticLogConfig:
     zipf_exponent: float = 1.1
     target_ctr: float = 0.25
     teacher_noise_std: float = 0.5
+    teacher_coverage: float = 1.0  # fraction of rows that have a teacher logit (others null)
     vocabulary_max_size: int = 1000  # larger features get hash_buckets in the default spec
     start_timestamp: int = 1_700_000_000
     world_seed: int = 0
@@ -90,6 +92,8 @@ class SyntheticLogConfig:
             raise ValueError(f"SyntheticLogConfig.missing_rate must be in [0, 1), got {self.missing_rate}")
         if not 0 < self.target_ctr < 1:
             raise ValueError(f"SyntheticLogConfig.target_ctr must be in (0, 1), got {self.target_ctr}")
+        if not 0 <= self.teacher_coverage <= 1:
+            raise ValueError(f"SyntheticLogConfig.teacher_coverage must be in [0, 1], got {self.teacher_coverage}")
         if self.teacher_noise_std < 0 or self.cross_std < 0 or self.main_effect_std < 0:
             raise ValueError("SyntheticLogConfig: std parameters must be >= 0")
 
@@ -199,6 +203,7 @@ class _World:
         post_mean = self.logit_mean + shrink * (noisy - self.logit_mean)
         post_var = shrink * noise_var
         out["teacher_logit"] = post_mean / math.sqrt(1.0 + math.pi * post_var / 8.0)
+        out["teacher_missing"] = rng.random(BLOCK_ROWS) >= self.config.teacher_coverage
         return out
 
 
@@ -244,7 +249,8 @@ def iter_click_log_tables(num_rows: int, seed: int = 0, config: SyntheticLogConf
             dictionary = pa.array(world.values[i])
             columns[name] = pa.DictionaryArray.from_arrays(indices, dictionary).dictionary_decode()
         columns["click_prob"] = pa.array(_sigmoid(b["logit"][:rows]), pa.float64())
-        columns["teacher_logit"] = pa.array(b["teacher_logit"][:rows], pa.float64())
+        columns["teacher_logit"] = pa.array(b["teacher_logit"][:rows], pa.float64(),
+                                            mask=b["teacher_missing"][:rows])
         yield pa.table(columns)
         done += rows
         block_index += 1
@@ -296,6 +302,8 @@ def write_click_logs(path: str, num_rows: int, seed: int = 0, fmt: str = "csv",
         for table in iter_click_log_tables(num_rows, seed, config):
             if teacher_path is not None:
                 teacher = table.select(["impression_id", "teacher_logit"])
+                # Rows without a teacher are absent from the teacher table (as after a join miss).
+                teacher = teacher.filter(pc.is_valid(teacher.column("teacher_logit")))
                 if teacher_writer is None:
                     os.makedirs(os.path.dirname(os.path.abspath(teacher_path)), exist_ok=True)
                     teacher_writer = pq.ParquetWriter(teacher_path, teacher.schema)
@@ -327,9 +335,9 @@ def table_to_dataset(table: pa.Table, features: FeatureSpec, batch_size: int = 2
     for `num_ids` features), `teacher_logit` float32 (NaN if absent/null)."""
     import tensorflow as tf  # matta_tf/__init__ already set TF_USE_LEGACY_KERAS
 
-    missing = [n for n in features.names + [label] if n not in table.column_names]
-    if missing:
-        raise ValueError(f"log table lacks column(s) {missing}; has {table.column_names}")
+    features.check_columns(table.column_names, "the log table")
+    if label not in table.column_names:
+        raise ValueError(f"the log table has no label column {label!r}; it has {table.column_names}")
     data = {}
     for f in features.numeric:
         data[f.name] = table.column(f.name).cast(pa.float32()).to_numpy(zero_copy_only=False).astype(np.float32)

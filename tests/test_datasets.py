@@ -138,3 +138,20 @@ def test_cli_generate_logs(tmp_path):
     assert table.num_rows == 500 and "teacher_logit" in table.column_names
     assert [c["name"] for c in json.loads(spec_out.read_text())["categorical"]] == ["C1", "C2"]
     assert main(["generate-logs", "--rows", "5", "--out", str(out), "--cardinalities", "a,b"]) == 2
+
+
+def test_partial_teacher_coverage_flows_into_the_dataset(tmp_path):
+    from matta_tf.datasets import table_to_dataset
+
+    config = SyntheticLogConfig(num_numeric=2, num_categorical=2, cardinalities=(4, 6), teacher_coverage=0.7)
+    table = generate_click_logs(2000, seed=0, config=config)
+    coverage = 1 - table.column("teacher_logit").null_count / 2000
+    assert 0.65 < coverage < 0.75
+    write_click_logs(str(tmp_path / "l.parquet"), 2000, seed=0, fmt="parquet",
+                     teacher_path=str(tmp_path / "t.parquet"), config=config)
+    assert pq.read_table(tmp_path / "t.parquet").num_rows == 2000 - table.column("teacher_logit").null_count
+    features, _ = next(iter(table_to_dataset(table, default_feature_spec(config), batch_size=2000)))
+    teacher = features["teacher_logit"].numpy()
+    assert np.isnan(teacher).sum() == table.column("teacher_logit").null_count
+    with pytest.raises(ValueError, match=r"feature\(s\) \['C2'\] are not columns of the log table"):
+        table_to_dataset(table.drop_columns(["C2"]), default_feature_spec(config))
