@@ -363,10 +363,10 @@ class RankerConfig:
             raise ValueError("student and ta must both use full-rank (no cross_ranks) or both low-rank cross layers")
         if self.student.cross_layers and not self.ta.low_rank and self.student.low_rank:
             raise ValueError("student uses low-rank cross layers but the ta is full rank")
-        self.check_spec(self.student, "student", require_student_depth=False)
+        self.check_spec(self.student, "student")
 
     # ---- spec checks
-    def check_spec(self, spec: SubmodelSpec, name: str = "spec", require_student_depth: bool = False) -> None:
+    def check_spec(self, spec: SubmodelSpec, name: str = "spec") -> None:
         """Raise ValueError unless `spec` is nested inside the TA (every size <= the TA's)."""
         ta = self.ta
         problems = []
