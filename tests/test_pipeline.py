@@ -133,7 +133,7 @@ def test_new_span_warm_starts_from_previous_ta(runs):
     for exec_id in trainer_runs:
         events = store.get_events_by_execution_ids([exec_id])
         out = [e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT]
-        models += [a for a in store.get_artifacts_by_id(out)]
+        models += [a for a in store.get_artifacts_by_id(out) if "/Trainer/model/" in a.uri]
     info = []
     for m in sorted(models, key=lambda a: a.id):
         with open(os.path.join(m.uri, "Format-Serving", "train_info.json")) as f:
