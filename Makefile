@@ -15,8 +15,12 @@ lint:
 demo:
 	$(ENV) matta demo
 
+CRITEO_SAMPLE ?= ../shared/data/criteo_sample
 bench:
-	$(ENV) python -m bench.run --full
+	$(ENV) python bench/bench_shampoo.py
+	$(ENV) python bench/bench_serving.py
+	$(ENV) python -m bench.run --full --data generated
+	if [ -d $(CRITEO_SAMPLE) ]; then $(ENV) python -m bench.run --full --data criteo:$(CRITEO_SAMPLE) --only quality,throughput; fi
 
 bench-smoke:
 	$(ENV) python -m bench.run --smoke

@@ -18,7 +18,8 @@ CORE = [
     "protobuf>=6",
     "tensorflow-serving-api>=2.19",
 ]
-TFX = ["tfx>=1.21,<1.22"]
+# kfp: TFX's Vertex / Kubeflow V2 compiler; tensorboard: the Trainer's training logs.
+TFX = ["tfx>=1.21,<1.22", "kfp>=2.13", "tensorboard>=2.19"]
 PLOTS = ["matplotlib>=3.8"]
 DEV = ["pytest>=8", "pytest-timeout>=2", "pytest-xdist>=3", "ruff>=0.6"]
 
