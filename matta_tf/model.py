@@ -311,6 +311,8 @@ class MatTARanker(tf.keras.Model):
         encoded = self.network.encode(features)
         student = self.network.logits_at(encoded, self.config.student)
         ta = self.network.logits_at(encoded, self.config.ta)
+        # The sampled Mix'n'Match term is a training regulariser only: evaluation losses
+        # (val_loss) cover Student + TA terms, so they are comparable across steps.
         mixnmatch = None
         if training and self.train_mixnmatch_specs and self.config.loss_weights.mixnmatch > 0:
             index = self._seed_generator.uniform([], 0, len(self.train_mixnmatch_specs), dtype=tf.int32)
