@@ -28,10 +28,12 @@ class BenchData:
     teacher: str  # where the teacher logits came from
 
 
-def generated(train_rows: int, eval_rows: int, seed: int = 0) -> BenchData:
+def generated(train_rows: int, eval_rows: int, seed: int = 0, small: bool = False) -> BenchData:
+    """The default Criteo-like generator (13 numeric, 26 categorical); `small` (4 + 6
+    features) only keeps the smoke run's graph tracing short."""
     from matta_tf.datasets import SyntheticLogConfig, default_feature_spec, generate_click_logs
 
-    config = SyntheticLogConfig()
+    config = SyntheticLogConfig(num_numeric=4, num_categorical=6) if small else SyntheticLogConfig()
     table = generate_click_logs(train_rows + eval_rows, seed=seed, config=config)
     # Time split: the eval rows are the latest, as in production.
     return BenchData(name="generated", train=table.slice(0, train_rows), eval=table.slice(train_rows),
@@ -89,10 +91,10 @@ def logs(train_glob: str, eval_glob: str, schema_spec, name: str, teacher_steps:
     return BenchData(name=name, train=train, eval=ev, features=features, teacher=source)
 
 
-def load(spec: str, train_rows: int, eval_rows: int, teacher_steps: int) -> BenchData:
+def load(spec: str, train_rows: int, eval_rows: int, teacher_steps: int, small: bool = False) -> BenchData:
     """`generated` | `criteo:DIR` | `schema:SCHEMA_FILE:TRAIN_GLOB:EVAL_GLOB`."""
     if spec == "generated":
-        return generated(train_rows, eval_rows)
+        return generated(train_rows, eval_rows, small=small)
     if spec.startswith("criteo:"):
         folder = spec.split(":", 1)[1]
         train_glob = os.path.join(folder, "train*")

@@ -35,7 +35,7 @@ PROFILES = {
     # rows, eval rows, steps, batch, seeds, teacher steps, ingestion rows
     "smoke": dict(train_rows=3000, eval_rows=1000, steps=8, batch_size=128, seeds=1, teacher_steps=10,
                   ingest_rows=1000, throughput_steps=3),
-    "full": dict(train_rows=200_000, eval_rows=50_000, steps=600, batch_size=512, seeds=3, teacher_steps=800,
+    "full": dict(train_rows=200_000, eval_rows=50_000, steps=500, batch_size=512, seeds=3, teacher_steps=800,
                  ingest_rows=100_000, throughput_steps=40),
 }
 
@@ -344,7 +344,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     log(f"bench: loading data {args.data} ({profile_name})")
-    data = bench_data.load(args.data, prof["train_rows"], prof["eval_rows"], prof["teacher_steps"])
+    data = bench_data.load(args.data, prof["train_rows"], prof["eval_rows"], prof["teacher_steps"],
+                           small=args.smoke)
     log(f"bench: {data.train.num_rows} train / {data.eval.num_rows} eval rows; teacher: {data.teacher}")
     base = RankerConfig.from_yaml(args.config)
     base = RankerConfig.from_dict({**base.to_dict(), "features": data.features.to_dict(), "ta_expansion": None})

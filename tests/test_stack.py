@@ -83,8 +83,13 @@ def test_tiny_tfx_pipeline_with_sqlite_mlmd(tmp_path):
     assert {f.name for f in loaded.feature} == {"label", "x", "c"}
 
 
-def test_cli_help_lists_subcommands():
-    from matta_tf import cli
+def test_matta_console_script_lists_subcommands():
+    import subprocess
 
-    text = cli.build_parser().format_help()
-    assert "matta" in text
+    proc = subprocess.run(["matta", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    for command in ("generate-logs", "ranker-cost", "teacher", "pipeline", "demo", "serve", "serving", "ab"):
+        assert f"    {command} " in proc.stdout, (command, proc.stdout)
+    # An unknown subcommand is a usage error, not a stack trace.
+    bad = subprocess.run(["matta", "no-such-command"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
