@@ -58,7 +58,8 @@ COUNTS_FILE = "counts.json"
 class QuarantinedRows(types.Artifact):
     """Rows of a click log that failed validation, as JSON Lines with a reason code each."""
 
-    TYPE_NAME = "MattaQuarantinedRows"
+    # KFP v2 needs custom type names shaped like `<namespace>.<Name>` (its schema-title rule).
+    TYPE_NAME = "matta.QuarantinedRows"
 
 
 class ClickLogExampleGenSpec(standard_component_specs.FileBasedExampleGenSpec):

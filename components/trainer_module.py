@@ -172,15 +172,22 @@ def warm_start(model, base_dir: str, new_vocab_files: dict) -> dict:
     return report
 
 
-def training_log_callbacks(log_dir: str) -> list:
-    """TensorBoard logs when the tensorboard package is installed, else a CSV of epochs."""
-    tf.io.gfile.makedirs(log_dir)
+def training_log_callbacks(log_dir: str, steps: int) -> list:
+    """TensorBoard event files under `log_dir` (the Trainer's `model_run` artifact).
+
+    Epoch summaries (train/ and validation/ losses and metrics) plus batch-level scalars
+    about 20 times per run, so a one-epoch run still draws curves.
+    """
     try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        # tf.summary needs the tensorboard package (not in the environment's lock file).
-        return [tf.keras.callbacks.CSVLogger(os.path.join(log_dir, "training_log.csv"))]
-    return [tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch")]
+        import tensorboard  # noqa: F401  (tf.summary writes event files only with it)
+    except ImportError as err:
+        raise RuntimeError("the MatTA Trainer writes TensorBoard logs and needs the "
+                           "`tensorboard` package (it is in requirements.lock)") from err
+    tf.io.gfile.makedirs(log_dir)
+    # write_steps_per_second: tf_keras only runs the batch hooks (which write the batch_*
+    # scalars every `update_freq` steps) when tracing or this is on.
+    return [tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=max(1, steps // 20),
+                                           profile_batch=0, write_steps_per_second=True)]
 
 
 def run_fn(fn_args):
@@ -216,7 +223,7 @@ def run_fn(fn_args):
         train, epochs=epochs, steps_per_epoch=max(1, steps // epochs),
         validation_data=evaluation,
         validation_steps=int(fn_args.eval_steps or 10),
-        callbacks=training_log_callbacks(fn_args.model_run_dir), verbose=2)
+        callbacks=training_log_callbacks(fn_args.model_run_dir, steps), verbose=2)
     info.update(steps=steps, optimizer=opt_name, batch_size=batch_size,
                 final={k: float(v[-1]) for k, v in history.history.items()})
     save_trained(model, ranker_dict, fn_args.serving_model_dir, vocab_files, info)

@@ -18,7 +18,7 @@ def _run(args) -> int:
     from pipelines.pipeline import run_pipeline
 
     config = _load_config(args)
-    run_pipeline(config)
+    run_pipeline(config, progress=True)
     print(f"pipeline {config.name} finished; MLMD at {config.metadata_path}")
     return 0
 
@@ -55,7 +55,7 @@ def register(subparsers) -> None:
     comp.add_argument("--config", required=True)
     comp.add_argument("--runner", required=True, choices=["vertex", "kubeflow-v2", "airflow"])
     comp.add_argument("--output", required=True, help="output file (.json for vertex/kubeflow-v2, .py for airflow)")
-    comp.add_argument("--image", default="tensorflow/tfx:1.21.0",
+    comp.add_argument("--image", default="gcr.io/tfx-oss-public/tfx:1.21.0",
                       help="container image with matta installed (vertex/kubeflow-v2)")
     comp.add_argument("--beam-arg", action="append", default=[])
     comp.set_defaults(func=_compile)

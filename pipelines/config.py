@@ -39,11 +39,18 @@ class PipelineConfig:
     vocab_top_k: int | None = 10_000
     min_auc: float = 0.5  # blessing threshold for each arm
     beam_args: list[str] = dataclasses.field(default_factory=list)
+    direct_running_mode: str = "multi_processing"  # DirectRunner: multi_processing | in_memory
     direct_num_workers: int = 0  # 0 = all cores (DirectRunner multi_processing)
     enable_cache: bool = True
+    # A Trainer model directory (the `model` artifact URI) to warm-start from instead of the
+    # previous span's model; the only warm start compiled for Kubeflow V2 / Vertex.
+    warm_start_uri: str | None = None
 
     def __post_init__(self):
         self.arms = tuple(self.arms)
+        if self.direct_running_mode not in ("multi_processing", "multi_threading", "in_memory"):
+            raise ValueError(f"pipeline config: direct_running_mode {self.direct_running_mode!r} is "
+                             "not multi_processing, multi_threading or in_memory")
         if self.metadata_path is None:
             self.metadata_path = os.path.join(self.pipeline_root, "metadata.sqlite")
         if self.serving_dir is None:
@@ -85,6 +92,6 @@ class PipelineConfig:
     def beam_pipeline_args(self) -> list[str]:
         args = list(self.beam_args)
         if not any(a.startswith("--runner") for a in args):
-            args = ["--direct_running_mode=multi_processing",
+            args = [f"--direct_running_mode={self.direct_running_mode}",
                     f"--direct_num_workers={self.direct_num_workers}"] + args
         return args

@@ -49,77 +49,147 @@ def demo_config(root: str, syn_config, **overrides) -> PipelineConfig:
         ranker={"student": {"embedding_dim": 4, "cross_layers": 1, "mlp_widths": [32]},
                 "ta_expansion": {"embedding_dim": 2.0, "cross_rank": 2.0, "mlp_width": 2.0},
                 "warmup_steps": 100},
-        train_steps=600, eval_steps=20, batch_size=512, vocab_top_k=5000, min_auc=0.55)
+        train_steps=600, eval_steps=20, batch_size=512, vocab_top_k=5000, min_auc=0.55,
+        # One in-process Beam worker: on a 2-core machine the multi-processing workers cost
+        # more (each imports TensorFlow, per Beam component) than they win; measured
+        # 609 s -> 416 s for the whole demo.
+        direct_running_mode="in_memory", direct_num_workers=1)
     base.update(overrides)
     return PipelineConfig(**base)
 
 
 def summarize(config: PipelineConfig) -> dict:
-    """Students of the latest run: paths, sizes, eval AUC / log-loss, pushed or not (MLMD)."""
+    """The students of the latest run, read back from MLMD lineage.
+
+    Starts at the newest StudentExtractor execution that completed (or was a cache hit) and
+    follows its own output artifacts: the `students` TF Serving layout, then per arm the
+    `model_<arm>` artifact -> the Evaluator execution that read it (AUC / log-loss / example
+    count from its ModelEvaluation) -> the Pusher execution that read it (PushedModel).
+    So every number printed belongs to the very SavedModel whose path is printed.
+    """
     import tensorflow_model_analysis as tfma
     from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2 as pb
     from tfx import v1 as tfx
 
     store = metadata_store.MetadataStore(
         tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path))
-
-    def latest(type_name, producer, having=None):
-        arts = [a for a in store.get_artifacts_by_type(type_name)
-                if _producer(store, a.id) == producer
-                and (having is None or having in a.custom_properties)]
-        return max(arts, key=lambda a: a.id) if arts else None
-
+    done = (pb.Execution.COMPLETE, pb.Execution.CACHED)
+    extractor = _latest_execution(store, "StudentExtractor", done)
     out = {"arms": {}}
-    students = latest("Model", "StudentExtractor", having="arms")
-    if students is not None:
-        with open(os.path.join(students.uri, "students.json")) as f:
-            info = json.load(f)
-        out["layout"] = students.uri
-        out["models_config"] = os.path.join(students.uri, "models.config")
-        for arm, a in sorted(info["arms"].items(), key=lambda kv: kv[1]["version"]):
-            row = {"path": a["path"], "params": a["params"],
-                   "madds_per_example": a["madds_per_example"],
-                   "saved_model_bytes": a["saved_model_bytes"]}
-            evaluation = latest("ModelEvaluation", f"Evaluator_{arm}")
-            if evaluation is not None:
-                result = tfma.load_metrics(evaluation.uri)
-                for metrics in result:
-                    for kv in metrics.metric_keys_and_values:
-                        if kv.key.name in ("auc", "binary_crossentropy", "example_count"):
-                            row[kv.key.name] = kv.value.double_value.value
-            pushed = latest("PushedModel", f"Pusher_{arm}")
-            if pushed is not None:
-                row["pushed"] = bool(pushed.custom_properties["pushed"].int_value)
-                if row["pushed"]:
-                    row["pushed_to"] = pushed.custom_properties["pushed_destination"].string_value
-            out["arms"][arm] = row
+    if extractor is None:
+        return out
+    outputs = _artifacts(store, extractor.id, pb.Event.OUTPUT)
+    students = next((a for a in outputs if "arms" in a.custom_properties), None)
+    if students is None:
+        raise RuntimeError(f"StudentExtractor execution {extractor.id} has no `students` output")
+    with open(os.path.join(students.uri, "students.json")) as f:
+        info = json.load(f)
+    out["layout"] = students.uri
+    out["models_config"] = os.path.join(students.uri, "models.config")
+    arm_models = {a.custom_properties["arm"].string_value: a for a in outputs
+                  if "arm" in a.custom_properties}
+    for arm, a in sorted(info["arms"].items(), key=lambda kv: kv[1]["version"]):
+        row = {"version": a["version"], "path": a["path"], "params": a["params"],
+               "madds_per_example": a["madds_per_example"],
+               "saved_model_bytes": a["saved_model_bytes"]}
+        model = arm_models.get(arm)
+        consumers = _consumers(store, model.id, done) if model is not None else {}
+        evaluation = _output_of_type(store, consumers.get(f"Evaluator_{arm}"), "ModelEvaluation")
+        if evaluation is not None:
+            for metrics in _quiet(tfma.load_metrics, evaluation.uri):
+                for kv in metrics.metric_keys_and_values:
+                    if kv.key.name in ("auc", "binary_crossentropy", "example_count"):
+                        row[kv.key.name] = kv.value.double_value.value
+        blessing = _output_of_type(store, consumers.get(f"Evaluator_{arm}"), "ModelBlessing")
+        if blessing is not None:
+            row["blessed"] = bool(blessing.custom_properties["blessed"].int_value)
+        pushed = _output_of_type(store, consumers.get(f"Pusher_{arm}"), "PushedModel")
+        if pushed is not None:
+            row["pushed"] = bool(pushed.custom_properties["pushed"].int_value)
+            if row["pushed"]:
+                row["pushed_to"] = pushed.custom_properties["pushed_destination"].string_value
+        out["arms"][arm] = row
     return out
 
 
-def _producer(store, artifact_id):
-    from ml_metadata.proto import metadata_store_pb2
+def _quiet(fn, *args):
+    """fn(*args) with TensorFlow's deprecation warnings (from TFMA's reader) muted."""
+    import tensorflow as tf
 
-    events = [e for e in store.get_events_by_artifact_ids([artifact_id])
-              if e.type == metadata_store_pb2.Event.OUTPUT]
-    if not events:
-        return None
-    contexts = store.get_contexts_by_execution(events[0].execution_id)
-    for c in contexts:
-        if c.type_id == store.get_context_type("node").id:
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        return list(fn(*args))
+    finally:
+        logger.setLevel(level)
+
+
+def _node_name(store, execution_id: int) -> str | None:
+    node_type = store.get_context_type("node").id
+    for c in store.get_contexts_by_execution(execution_id):
+        if c.type_id == node_type:
             return c.name.split(".")[-1]
     return None
 
 
-def format_summary(summary: dict) -> str:
+def _latest_execution(store, node: str, states):
+    execs = [e for e in store.get_executions() if e.last_known_state in states
+             and _node_name(store, e.id) == node]
+    return max(execs, key=lambda e: e.id) if execs else None
+
+
+def _artifacts(store, execution_id: int, event_type) -> list:
+    ids = [e.artifact_id for e in store.get_events_by_execution_ids([execution_id])
+           if e.type == event_type]
+    return store.get_artifacts_by_id(ids)
+
+
+def _consumers(store, artifact_id: int, states) -> dict:
+    """node id -> newest finished execution that read `artifact_id`."""
+    from ml_metadata.proto import metadata_store_pb2 as pb
+
+    ids = {e.execution_id for e in store.get_events_by_artifact_ids([artifact_id])
+           if e.type == pb.Event.INPUT}
+    out = {}
+    for e in sorted(store.get_executions_by_id(list(ids)), key=lambda e: e.id):
+        if e.last_known_state in states:
+            out[_node_name(store, e.id)] = e
+    return out
+
+
+def _output_of_type(store, execution, type_name: str):
+    from ml_metadata.proto import metadata_store_pb2 as pb
+
+    if execution is None:
+        return None
+    type_id = store.get_artifact_type(type_name).id
+    arts = [a for a in _artifacts(store, execution.id, pb.Event.OUTPUT) if a.type_id == type_id]
+    return max(arts, key=lambda a: a.id) if arts else None
+
+
+def format_summary(summary: dict, serving_dir: str | None = None) -> str:
+    """The student table: one row per arm in serving-version order."""
+    rows = summary["arms"]
+    n_eval = {int(r["example_count"]) for r in rows.values() if "example_count" in r}
     lines = [f"students (TF Serving layout): {summary.get('layout')}",
-             f"models.config: {summary.get('models_config')}",
-             f"{'arm':8s} {'params':>9s} {'MAdds/ex':>9s} {'SavedModel':>11s} {'AUC':>7s} "
-             f"{'logloss':>8s}  pushed"]
-    for arm, r in summary["arms"].items():
-        lines.append(f"{arm:8s} {r['params']:9d} {r['madds_per_example']:9d} "
-                     f"{r['saved_model_bytes'] / 1e6:9.2f}MB {r.get('auc', float('nan')):7.4f} "
-                     f"{r.get('binary_crossentropy', float('nan')):8.4f}  "
-                     f"{r.get('pushed_to', 'no')}")
+             f"models.config (one version label per arm): {summary.get('models_config')}",
+             f"eval: TFMA on the eval split ({', '.join(str(n) for n in sorted(n_eval)) or '?'}"
+             " examples per arm)",
+             f"{'arm':8s} {'version':>7s} {'params':>9s} {'MAdds/ex':>9s} {'SavedModel':>10s} "
+             f"{'AUC':>7s} {'logloss':>8s}  pushed to"]
+    for arm, r in rows.items():
+        pushed = r.get("pushed_to")
+        if pushed and serving_dir and pushed.startswith(serving_dir.rstrip("/") + "/"):
+            pushed = os.path.join("<serving>", os.path.relpath(pushed, serving_dir))
+        if not pushed:
+            pushed = "not pushed" + (" (not blessed)" if r.get("blessed") is False else "")
+        lines.append(f"{arm:8s} {r['version']:7d} {r['params']:9,d} {r['madds_per_example']:9,d} "
+                     f"{r['saved_model_bytes'] / 1e6:7.2f} MB {r.get('auc', float('nan')):7.4f} "
+                     f"{r.get('binary_crossentropy', float('nan')):8.4f}  {pushed}")
+    if serving_dir:
+        lines.append(f"<serving> = {serving_dir}")
     return "\n".join(lines)
 
 
@@ -135,9 +205,9 @@ def run_demo(root: str, rows: int = 200_000, **overrides) -> dict:
     write_span(config.data_root, 1, rows)
     print(f"[matta demo] data ready ({time.time() - t0:.0f}s); running the TFX pipeline "
           f"(MLMD {config.metadata_path})", flush=True)
-    run_pipeline(config)
+    run_pipeline(config, progress=True)
     summary = summarize(config)
     summary["seconds"] = time.time() - t0
-    print(format_summary(summary))
+    print(format_summary(summary, config.serving_dir))
     print(f"[matta demo] done in {summary['seconds']:.0f}s")
     return summary

@@ -7,6 +7,13 @@
 
 Component ids are stable (`Evaluator_student`, `Pusher_ta`, ...) so MLMD caching works
 across runs.
+
+Warm start: with `config.warm_start_uri` set, an Importer (`warm_start_model`) feeds that
+Trainer model to the Trainer instead of the previous-span resolver. Kubeflow Pipelines V2 /
+Vertex can only compile TFX's built-in LatestArtifact / LatestBlessedModel resolvers (their
+queries filter by artifact type alone, so they would hand the Trainer an extracted student
+or another pipeline's model), so for `orchestrator="kfp_v2"` the custom resolver is left
+out and warm start there is the Importer or nothing.
 """
 from __future__ import annotations
 
@@ -32,15 +39,33 @@ def eval_config(label: str, min_auc: float):
         ])])
 
 
-def create_components(config: PipelineConfig) -> list:
+def warm_start_node(config: PipelineConfig, examples, orchestrator: str = "local"):
+    """The node whose `model` output is the Trainer's `base_model`, or None (cold start)."""
+    from tfx import v1 as tfx
+
+    from pipelines.warm_start import PreviousSpanModelStrategy
+
+    if config.warm_start_uri:
+        return tfx.dsl.Importer(source_uri=config.warm_start_uri,
+                                artifact_type=tfx.types.standard_artifacts.Model,
+                                output_key="model").with_id("warm_start_model")
+    if orchestrator == "kfp_v2":
+        return None
+    if orchestrator != "local":
+        raise ValueError(f"unknown orchestrator {orchestrator!r}: use 'local' or 'kfp_v2'")
+    return tfx.dsl.Resolver(
+        strategy_class=PreviousSpanModelStrategy, examples=examples,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+    ).with_id("previous_span_model")
+
+
+def create_components(config: PipelineConfig, orchestrator: str = "local") -> list:
     from tfx import v1 as tfx
 
     from components import logschema
     from components.example_gen import ClickLogExampleGen
     from components.student_extractor import StudentExtractor, arm_output_key
     from components.transform_module import transform_custom_config
-    from pipelines.warm_start import PreviousSpanModelStrategy
-
     schema = logschema.load_log_schema(config.log_schema)
     example_gen = ClickLogExampleGen(
         input_base=config.data_root, log_schema=schema, input_pattern=config.input_pattern,
@@ -58,17 +83,13 @@ def create_components(config: PipelineConfig) -> list:
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
         preprocessing_fn="components.transform_module.preprocessing_fn",
         custom_config=transform_config)
-    previous_model = tfx.dsl.Resolver(
-        strategy_class=PreviousSpanModelStrategy,
-        examples=example_gen.outputs["examples"],
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-    ).with_id("previous_span_model")
+    previous_model = warm_start_node(config, example_gen.outputs["examples"], orchestrator)
     trainer = tfx.components.Trainer(
         run_fn="components.trainer_module.run_fn",
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        base_model=previous_model.outputs["model"],
+        base_model=previous_model.outputs["model"] if previous_model is not None else None,
         train_args=tfx.proto.TrainArgs(num_steps=config.train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=config.eval_steps),
         custom_config={"transform": transform_config, "ranker": dict(config.ranker),
@@ -79,7 +100,7 @@ def create_components(config: PipelineConfig) -> list:
                                  arms=config.arms, mixnmatch=config.mixnmatch,
                                  model_name=config.model_name)
     components = [example_gen, statistics_gen, schema_gen, example_validator, transform,
-                  previous_model, trainer, extractor]
+                  *([previous_model] if previous_model is not None else []), trainer, extractor]
     for arm in config.arms:
         model = extractor.outputs[arm_output_key(arm)]
         evaluator = tfx.components.Evaluator(
@@ -95,7 +116,8 @@ def create_components(config: PipelineConfig) -> list:
     return components
 
 
-def create_pipeline(config: PipelineConfig, metadata: bool = True):
+def create_pipeline(config: PipelineConfig, metadata: bool = True, orchestrator: str = "local",
+                    name: str | None = None):
     """The TFX pipeline object (SQLite MLMD at `config.metadata_path` when `metadata`)."""
     from tfx import v1 as tfx
 
@@ -105,12 +127,100 @@ def create_pipeline(config: PipelineConfig, metadata: bool = True):
         kwargs["metadata_connection_config"] = (
             tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path))
     return tfx.dsl.Pipeline(
-        pipeline_name=config.name, pipeline_root=config.pipeline_root,
-        components=create_components(config), enable_cache=config.enable_cache,
+        pipeline_name=name or config.name, pipeline_root=config.pipeline_root,
+        components=create_components(config, orchestrator), enable_cache=config.enable_cache,
         beam_pipeline_args=config.beam_pipeline_args(), **kwargs)
 
 
-def run_pipeline(config: PipelineConfig) -> None:
+class ComponentProgress:
+    """Prints one line as each component of a LocalDagRunner run starts and ends.
+
+    LocalDagRunner reports `Component <id> is running.` / `... is finished.` (and the
+    launcher `A cached execution <n> is used.`) through absl at INFO, which is hidden by
+    default and whose level components reset while they run. So for the duration of the
+    run the `logging` name in those two TFX modules is pointed at a thin proxy that turns
+    exactly these messages into progress lines and forwards everything else unchanged.
+
+        with ComponentProgress(total=14):
+            tfx.orchestration.LocalDagRunner().run(pipeline)
+    """
+
+    _RUNNING, _FINISHED = "Component %s is running.", "Component %s is finished."
+    _CACHED = "A cached execution %d is used."
+
+    def __init__(self, total: int, prefix: str = "[matta pipeline]", stream=None, clock=None):
+        import time
+
+        self.total, self.prefix = total, prefix
+        self.stream = stream
+        self.clock = clock or time.monotonic
+        self.done = 0
+        self._started: dict[str, float] = {}
+        self._cached: set[str] = set()
+        self._current: str | None = None
+
+    def _print(self, text: str) -> None:
+        import sys
+
+        print(f"{self.prefix} {text}", file=self.stream or sys.stdout, flush=True)
+
+    def handle(self, msg, args) -> bool:
+        """True if (msg, args) was a progress message (consumed), else False."""
+        if msg == self._RUNNING and args:
+            self._current = str(args[0])
+            self._started[self._current] = self.clock()
+            self._print(f"[{self.done + 1:2d}/{self.total}] {self._current} running ...")
+            return True
+        if msg == self._CACHED and self._current:
+            self._cached.add(self._current)
+            return True
+        if msg == self._FINISHED and args:
+            node = str(args[0])
+            self.done += 1
+            now = self.clock()
+            seconds = now - self._started.get(node, now)
+            how = "cache hit" if node in self._cached else f"done in {seconds:.0f}s"
+            self._print(f"[{self.done:2d}/{self.total}] {node} {how}")
+            return True
+        return False
+
+    def __enter__(self):
+        from tfx.orchestration.local import local_dag_runner
+        from tfx.orchestration.portable import launcher
+
+        self._patched = [(m, m.logging) for m in (local_dag_runner, launcher)]
+        for module, real in self._patched:
+            module.logging = _ProgressLogging(real, self)
+        return self
+
+    def __exit__(self, *exc):
+        for module, real in self._patched:
+            module.logging = real
+        return False
+
+
+class _ProgressLogging:
+    """Stands in for `absl.logging` in a module: progress messages to a ComponentProgress."""
+
+    def __init__(self, real, progress: ComponentProgress):
+        self._real, self._progress = real, progress
+
+    def info(self, msg, *args, **kwargs):
+        if not self._progress.handle(msg, args):
+            self._real.info(msg, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+def run_pipeline(config: PipelineConfig, progress: bool = False, stream=None) -> None:
+    """Runs the pipeline with LocalDagRunner; `progress` prints a line per component
+    (to `stream`, default stdout)."""
     from tfx import v1 as tfx
 
-    tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
+    pipeline = create_pipeline(config)
+    if not progress:
+        tfx.orchestration.LocalDagRunner().run(pipeline)
+        return
+    with ComponentProgress(total=len(pipeline.components), stream=stream):
+        tfx.orchestration.LocalDagRunner().run(pipeline)

@@ -3,6 +3,7 @@
 One module-scoped pipeline root: run 1 (span 1) -> run 2 (span 1 again: every component a
 cache hit) -> run 3 (span 2: Trainer warm-starts from run 1's TA checkpoint).
 """
+import io
 import json
 import os
 
@@ -19,8 +20,8 @@ def tiny_config(root):
                              num_crosses=2)
     cfg = demo_config(str(root), syn, train_steps=30, eval_steps=5, batch_size=128, min_auc=0.0,
                       ranker={"student": {"embedding_dim": 2, "cross_layers": 1, "mlp_widths": [8]},
-                              "warmup_steps": 5},
-                      beam_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"])
+                              "warmup_steps": 5})
+    assert "--direct_running_mode=in_memory" in cfg.beam_pipeline_args()  # the demo default
     return cfg, syn
 
 
@@ -32,13 +33,15 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     cfg, syn = tiny_config(root)
     write_span(cfg.data_root, 1, 3000, syn_config=syn)
-    run_pipeline(cfg)
+    progress = [io.StringIO(), io.StringIO()]
+    run_pipeline(cfg, progress=True, stream=progress[0])
     first = _executions(cfg)
-    run_pipeline(cfg)
+    run_pipeline(cfg, progress=True, stream=progress[1])
     second = _executions(cfg)
     write_span(cfg.data_root, 2, 2000, syn_config=syn)
     run_pipeline(cfg)
     third = _executions(cfg)
+    cfg.progress_lines = [p.getvalue().splitlines() for p in progress]
     return cfg, first, second, third
 
 
@@ -68,7 +71,7 @@ def test_runs_to_pusher_and_mlmd_holds_everything(runs):
     store = _store(cfg)
     type_names = {store.get_artifact_type(t).name for t in
                   ("Examples", "Model", "ModelEvaluation", "ModelBlessing", "PushedModel",
-                   "TransformGraph", "MattaQuarantinedRows")}
+                   "TransformGraph", "matta.QuarantinedRows")}
     assert len(type_names) == 7
     pushed = store.get_artifacts_by_type("PushedModel")
     assert len(pushed) >= len(cfg.arms)
@@ -121,6 +124,80 @@ def test_second_run_is_all_cache_hits(runs):
                and "resolver" not in n), new
 
 
+def test_trainer_writes_tensorboard_events(runs):
+    import glob
+
+    import tensorflow as tf
+
+    cfg, *_ = runs
+    store = _store(cfg)
+    runs_dirs = [a.uri for a in store.get_artifacts_by_type("ModelRun")]
+    assert runs_dirs
+    events = sorted(glob.glob(os.path.join(runs_dirs[0], "**", "events.out.tfevents.*"),
+                              recursive=True))
+    assert events, f"no TensorBoard event file under {runs_dirs[0]}"
+    tags = {}
+    for path in events:
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                tags.setdefault(os.path.basename(os.path.dirname(path)), set()).add(value.tag)
+    # Keras writes train/ and validation/ runs; epoch losses in both, batch scalars in train.
+    assert "epoch_loss" in tags.get("train", set()), tags
+    assert "epoch_loss" in tags.get("validation", set()), tags
+    assert {"batch_loss", "batch_student_auc", "batch_steps_per_second"} <= tags["train"], tags
+
+
+def test_progress_lines_name_every_component_and_cache_hits(runs):
+    from pipelines.pipeline import create_components
+
+    cfg, *_ = runs
+    ids = [c.id for c in create_components(cfg)]
+    first, second = cfg.progress_lines
+    n = len(ids)
+    assert len(first) == len(second) == 2 * n, first
+    for lines in (first, second):
+        started = [ln.split("] ", 2)[2].split()[0] for ln in lines if ln.endswith("running ...")]
+        assert sorted(started) == sorted(ids)
+        assert lines[-1].startswith(f"[matta pipeline] [{n:2d}/{n}] ")
+    assert sum("done in" in ln for ln in first) == n
+    hits = {ln.split("] ", 2)[2].split()[0] for ln in second if ln.endswith("cache hit")}
+    assert hits == set(ids) - {"previous_span_model"}, second
+
+
+def test_component_progress_lines_and_restores_tfx_logging():
+    from absl import logging as absl_logging
+    from tfx.orchestration.local import local_dag_runner
+    from tfx.orchestration.portable import launcher
+
+    from pipelines.pipeline import ComponentProgress
+
+    forwarded = []
+
+    class Spy:
+        def info(self, msg, *args):
+            forwarded.append(msg % args)
+
+    stream, ticks = io.StringIO(), iter([0.0, 12.4, 20.0, 21.0])
+    real_logging = local_dag_runner.logging
+    local_dag_runner.logging = Spy()  # stands for absl.logging: sees what is forwarded
+    try:
+        with ComponentProgress(total=2, stream=stream, clock=lambda: next(ticks)):
+            local_dag_runner.logging.info("Component %s is running.", "Trainer")
+            local_dag_runner.logging.info("Going to run %s", "x")  # not progress: forwarded
+            local_dag_runner.logging.info("Component %s is finished.", "Trainer")
+            local_dag_runner.logging.info("Component %s is running.", "Pusher")
+            launcher.logging.info("A cached execution %d is used.", 4)
+            local_dag_runner.logging.info("Component %s is finished.", "Pusher")
+        assert isinstance(local_dag_runner.logging, Spy)  # restored on exit
+    finally:
+        local_dag_runner.logging = real_logging
+    assert launcher.logging is absl_logging
+    assert stream.getvalue().splitlines() == [
+        "[matta pipeline] [ 1/2] Trainer running ...", "[matta pipeline] [ 1/2] Trainer done in 12s",
+        "[matta pipeline] [ 2/2] Pusher running ...", "[matta pipeline] [ 2/2] Pusher cache hit"]
+    assert forwarded == ["Going to run x"]
+
+
 def test_new_span_warm_starts_from_previous_ta(runs):
     from ml_metadata.proto import metadata_store_pb2
 
@@ -144,30 +221,83 @@ def test_new_span_warm_starts_from_previous_ta(runs):
     assert models[0].uri.split("/")[-2] in ws["from"] or str(models[0].id) in ws["from"]
 
 
-def test_compile_kfp_v2_json_has_every_component(runs, tmp_path):
+@pytest.mark.parametrize("runner,schema_version", [("vertex", "2.1.0"), ("kubeflow-v2", "2.0.0")])
+def test_compile_kfp_v2_pipeline_job_has_every_component(tmp_path, runner, schema_version):
+    from pipelines.compile import compile_pipeline
+    from pipelines.pipeline import create_components
+
+    cfg, _ = tiny_config(tmp_path)
+    image = "example.com/matta:test"
+    out = compile_pipeline(cfg, runner, str(tmp_path / "spec.json"), image=image)
+    with open(out) as f:
+        job = json.load(f)
+    spec = job["pipelineSpec"]  # a KFP v2 PipelineJob: pipelineSpec + runtimeConfig
+    assert spec["schemaVersion"] == schema_version and spec["sdkVersion"].startswith("tfx-")
+    assert spec["pipelineInfo"]["name"] == "matta-demo"  # `_` is illegal in KFP names
+    assert job["runtimeConfig"]["gcsOutputDirectory"] == cfg.pipeline_root
+    ids = [c.id for c in create_components(cfg, orchestrator="kfp_v2")]
+    expected = {"ClickLogExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator",
+                "Transform", "Trainer", "StudentExtractor"} | {
+                    f"{k}_{a}" for a in cfg.arms for k in ("Evaluator", "Pusher")}
+    assert set(ids) == expected  # the local-only previous-span resolver is not compiled
+    tasks = spec["root"]["dag"]["tasks"]
+    assert set(tasks) == expected
+    executors = spec["deploymentSpec"]["executors"]
+    for cid, task in tasks.items():
+        component = spec["components"][task["componentRef"]["name"]]
+        container = executors[component["executorLabel"]]["container"]
+        assert container["image"] == image, cid
+    assert tasks["Trainer"]["dependentTasks"] == ["SchemaGen", "Transform"]
+    assert "base_model" not in tasks["Trainer"]["inputs"]["artifacts"]
+    for arm in cfg.arms:
+        assert tasks[f"Pusher_{arm}"]["inputs"]["artifacts"]["model_blessing"][
+            "taskOutputArtifact"]["producerTask"] == f"Evaluator_{arm}"
+    gen = executors[spec["components"]["ClickLogExampleGen"]["executorLabel"]]["container"]
+    assert "components.example_gen.ClickLogExecutor" in gen["args"]
+    assert "--direct_num_workers=1" in gen["args"]  # Beam args travel with the spec
+    quarantine = spec["components"]["ClickLogExampleGen"]["outputDefinitions"]["artifacts"]
+    assert "matta.QuarantinedRows" in quarantine["quarantine"]["artifactType"]["instanceSchema"]
+
+
+def test_compile_kfp_v2_warm_start_importer(tmp_path):
     from pipelines.compile import compile_pipeline
 
-    cfg, *_ = runs
-    out = compile_pipeline(cfg, "vertex", str(tmp_path / "spec.json"))
-    with open(out) as f:
-        text = f.read()
-    json.loads(text)
-    for cid in ["ClickLogExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator",
-                "Transform", "previous_span_model", "Trainer", "StudentExtractor"] + [
-                    f"{k}_{a}" for a in cfg.arms for k in ("Evaluator", "Pusher")]:
-        assert cid in text, cid
+    cfg, _ = tiny_config(tmp_path)
+    cfg.warm_start_uri = "gs://bucket/matta/Trainer/model/7"
+    with open(compile_pipeline(cfg, "vertex", str(tmp_path / "spec.json"))) as f:
+        spec = json.load(f)["pipelineSpec"]
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["Trainer"]["inputs"]["artifacts"]["base_model"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "model", "producerTask": "warm_start_model"}
+    importer = spec["deploymentSpec"]["executors"][
+        spec["components"]["warm_start_model"]["executorLabel"]]["importer"]
+    assert importer["artifactUri"]["constant"] == cfg.warm_start_uri
 
 
-def test_compile_airflow_dag_file(runs, tmp_path):
+def test_compile_rejects_unknown_runner(tmp_path):
+    from pipelines.compile import compile_pipeline
+
+    cfg, _ = tiny_config(tmp_path)
+    with pytest.raises(ValueError, match="unknown runner 'argo'"):
+        compile_pipeline(cfg, "argo", str(tmp_path / "x"))
+
+
+def test_compile_airflow_dag_file(tmp_path):
     import ast
 
     from pipelines.compile import compile_pipeline
 
-    cfg, *_ = runs
+    cfg, _ = tiny_config(tmp_path)
     out = compile_pipeline(cfg, "airflow", str(tmp_path / "dag.py"))
     tree = ast.parse(open(out).read())
     assert any(isinstance(n, ast.Assign) and n.targets[0].id == "DAG" for n in tree.body)
     try:
         import airflow  # noqa: F401
     except ImportError:
-        pytest.skip("airflow is not installed here: the DAG file is only syntax-checked")
+        pytest.skip("apache-airflow is not installed in this environment (deliberately left out "
+                    "of the lock file: too heavy), so the generated DAG file is only parsed, "
+                    "not imported")
+    import runpy
+
+    dag = runpy.run_path(out)["DAG"]
+    assert dag.dag_id == cfg.name
