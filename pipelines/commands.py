@@ -29,6 +29,10 @@ def _compile(args) -> int:
     config = _load_config(args)
     path = compile_pipeline(config, args.runner, args.output, image=args.image)
     print(f"wrote {args.runner} pipeline spec to {path}")
+    if args.runner != "airflow" and not config.warm_start_uri:
+        print("note: no warm start in this spec - KFP v2 compiles only TFX's built-in resolvers, "
+              "not the previous-span one; set warm_start_uri in the config to warm-start from "
+              "a given Trainer model", file=sys.stderr)
     return 0
 
 

@@ -3,6 +3,7 @@
 One module-scoped pipeline root: run 1 (span 1) -> run 2 (span 1 again: every component a
 cache hit) -> run 3 (span 2: Trainer warm-starts from run 1's TA checkpoint).
 """
+import filecmp
 import io
 import json
 import os
@@ -86,7 +87,7 @@ def test_students_load_score_and_serving_layout(runs):
     from tensorflow_serving.config import model_server_config_pb2
 
     from matta_tf.export import make_examples
-    from pipelines.demo import summarize
+    from pipelines.demo import format_summary, summarize
 
     cfg, *_ = runs
     summary = summarize(cfg)
@@ -100,9 +101,15 @@ def test_students_load_score_and_serving_layout(runs):
     feats = {k: v for k, v in rows.items() if k[0] in "IC" and k[1:].isdigit()}
     examples = tf.constant(make_examples(feats))
     params, scores = [], {}
-    for arm, info in summary["arms"].items():
+    for version, (arm, info) in enumerate(summary["arms"].items(), start=1):
+        assert info["version"] == version
+        assert info["path"] == os.path.join(summary["layout"], cfg.model_name, str(version))
         assert 0.0 <= info["auc"] <= 1.0 and info["binary_crossentropy"] > 0
+        assert info["example_count"] > 0 and info["blessed"]
         assert info["pushed"] and os.path.isdir(info["pushed_to"])
+        # The pushed SavedModel is the very one in the TF Serving layout for this arm.
+        assert filecmp.cmp(os.path.join(info["path"], "saved_model.pb"),
+                           os.path.join(info["pushed_to"], "saved_model.pb"), shallow=False)
         loaded = tf.saved_model.load(info["path"])
         out = loaded.signatures["serving_default"](examples=examples)
         p = out["probability"].numpy()
@@ -112,6 +119,12 @@ def test_students_load_score_and_serving_layout(runs):
         params.append(info["params"])
     assert params == sorted(params) and params[0] < params[-1]  # student < mix < ta
     assert not np.allclose(scores["student"], scores["ta"])
+    table = format_summary(summary, cfg.serving_dir).splitlines()
+    for version, (arm, info) in enumerate(summary["arms"].items(), start=1):
+        row = next(ln.split() for ln in table if ln.startswith(arm + " "))
+        assert row[1:4] == [str(version), f"{info['params']:,d}", f"{info['madds_per_example']:,d}"]
+        assert row[6:8] == [f"{info['auc']:.4f}", f"{info['binary_crossentropy']:.4f}"]
+        assert row[8] == os.path.join("<serving>", os.path.relpath(info["pushed_to"], cfg.serving_dir))
 
 
 def test_second_run_is_all_cache_hits(runs):
