@@ -245,6 +245,13 @@ def test_compile_kfp_v2_pipeline_job_has_every_component(tmp_path, runner, schem
     with open(out) as f:
         job = json.load(f)
     spec = job["pipelineSpec"]  # a KFP v2 PipelineJob: pipelineSpec + runtimeConfig
+    # Both parse strictly (unknown fields raise) as kfp's own protos.
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    json_format.ParseDict(job, pipeline_spec_pb2.PipelineJob())
+    parsed = json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec())
+    assert set(parsed.root.dag.tasks) == set(spec["root"]["dag"]["tasks"])
     assert spec["schemaVersion"] == schema_version and spec["sdkVersion"].startswith("tfx-")
     assert spec["pipelineInfo"]["name"] == "matta-demo"  # `_` is illegal in KFP names
     assert job["runtimeConfig"]["gcsOutputDirectory"] == cfg.pipeline_root
