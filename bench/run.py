@@ -249,8 +249,9 @@ def fmt(ms: dict, digits=4) -> str:
 def markdown(result: dict) -> str:
     q = result.get("quality")
     lines = [f"### Results: data `{result['data']}`, profile `{result['profile']}`", "",
-             f"Command: `{result['command']}`; machine: {result['machine']['cpus']} CPUs, "
-             f"{result['machine']['platform']}; {result['settings']}; teacher: {result['teacher']}.", ""]
+             "Commands: " + ", ".join(f"`{c}`" for c in result["commands"])
+             + f"; machine: {result['machine']['cpus']} CPUs, {result['machine']['platform']}; "
+             f"{result['settings']}; teacher: {result['teacher']}.", ""]
     if q:
         s = q["summary"]
         for opt in [o for o in ("adam", "shampoo") if o in s]:
@@ -327,7 +328,9 @@ def main(argv=None) -> int:
                         help="generated | criteo:DIR | schema:SCHEMA_FILE:TRAIN_GLOB:EVAL_GLOB")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="ranker config (Student/TA sizes, loss weights)")
     parser.add_argument("--seeds", type=int)
-    parser.add_argument("--steps", type=int)
+    parser.add_argument("--steps", type=int, help="training steps per arm (default: the profile's)")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--teacher-steps", type=int, help="steps of the fitted teacher (logs without teacher logits)")
     parser.add_argument("--optimizers", default="adam,shampoo")
     parser.add_argument("--mix-sizes", type=int, default=1, help="Mix'n'Match sizes between Student and TA")
     parser.add_argument("--only", default="quality,throughput,ingestion")
@@ -338,8 +341,9 @@ def main(argv=None) -> int:
     prof = dict(PROFILES[profile_name])
     if args.seeds:
         prof["seeds"] = args.seeds
-    if args.steps:
-        prof["steps"] = args.steps
+    for key in ("steps", "batch_size", "teacher_steps"):
+        if getattr(args, key):
+            prof[key] = getattr(args, key)
     parts = set(args.only.split(","))
     t0 = time.perf_counter()
     log = lambda msg: print(msg, flush=True)  # noqa: E731
@@ -351,11 +355,20 @@ def main(argv=None) -> int:
     base = RankerConfig.from_dict({**base.to_dict(), "features": data.features.to_dict(), "ta_expansion": None})
     settings = quality.TrainSettings(steps=prof["steps"], batch_size=prof["batch_size"],
                                      warmup_steps=max(1, prof["steps"] // 4))
+    command = "python -m bench.run " + " ".join(sys.argv[1:] if argv is None else argv)
     result = {"data": data.name, "profile": profile_name, "seeds": prof["seeds"], "teacher": data.teacher,
-              "command": "python -m bench.run " + " ".join(sys.argv[1:] if argv is None else argv),
               "machine": machine(), "settings": {k: v for k, v in vars(settings).items()}}
     out_dir = os.path.join(args.out, data.name.replace(":", "_"))
     os.makedirs(out_dir, exist_ok=True)
+    # Parts run separately (`--only`) accumulate in one results.json per data set and profile.
+    results_json = os.path.join(out_dir, "results.json")
+    if os.path.exists(results_json):
+        with open(results_json) as f:
+            previous = json.load(f)
+        if previous.get("profile") == profile_name:
+            result = {**previous, **result, "commands": previous.get("commands", [previous.get("command")])}
+    result["commands"] = [c for c in result.get("commands", []) if c and c != command] + [command]
+    result.pop("command", None)
     if "quality" in parts:
         log("bench: Q1-Q3 quality arms")
         result["quality"] = run_quality(data, base, settings, prof["seeds"], args.optimizers.split(","),
@@ -374,7 +387,7 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             result["ingestion"] = run_ingestion(prof["ingest_rows"], tmp, log)
     result["seconds"] = time.perf_counter() - t0
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
+    with open(results_json, "w") as f:
         json.dump(result, f, indent=1, default=str)
     md = markdown(result)
     with open(os.path.join(out_dir, "summary.md"), "w") as f:
