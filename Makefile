@@ -20,7 +20,7 @@ bench:
 	$(ENV) python bench/bench_shampoo.py
 	$(ENV) python bench/bench_serving.py
 	$(ENV) python -m bench.run --full --data generated
-	if [ -d $(CRITEO_SAMPLE) ]; then $(ENV) python -m bench.run --full --data criteo:$(CRITEO_SAMPLE) --only quality,throughput; fi
+	if [ -d $(CRITEO_SAMPLE) ]; then $(ENV) python -m bench.run --full --data criteo:$(CRITEO_SAMPLE) --only quality,throughput --steps 60 --batch-size 256 --teacher-steps 120; fi
 
 bench-smoke:
 	$(ENV) python -m bench.run --smoke

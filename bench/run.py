@@ -107,8 +107,17 @@ def summarise(runs: list[dict]) -> dict:
         g_matta = out["adam"]["student"]["matta"]["auc"]["mean"] - base
         g_shampoo = out["shampoo"]["student"]["alone"]["auc"]["mean"] - base
         g_joint = out["shampoo"]["student"]["matta"]["auc"]["mean"] - base
+        # Standard error of the interaction (joint - matta - shampoo + base) from the four
+        # arms' seed spreads; a verdict needs the margin to clear 2 standard errors.
+        arms = [out[o]["student"][m]["auc"] for o, m in
+                (("adam", "alone"), ("adam", "matta"), ("shampoo", "alone"), ("shampoo", "matta"))]
+        se = sum(a["std"] ** 2 / max(a["n"], 1) for a in arms) ** 0.5
+        margin = g_joint - (g_matta + g_shampoo)
+        verdict = ("super-additive" if margin > 2 * se else "sub-additive" if margin < -2 * se
+                   else "within noise")
         out["q3"] = {"gain_matta_adam": g_matta, "gain_shampoo_alone": g_shampoo, "gain_matta_shampoo": g_joint,
-                     "super_additive": g_joint > g_matta + g_shampoo}
+                     "interaction": margin, "interaction_se": se, "verdict": verdict,
+                     "super_additive": verdict == "super-additive"}
     except KeyError:
         pass
     return out
@@ -272,7 +281,8 @@ def markdown(result: dict) -> str:
             g = s["q3"]
             lines += [f"Q3 (Student AUC gains over Adam/alone): MatTA+Adam {g['gain_matta_adam']:+.4f}, "
                       f"Shampoo alone {g['gain_shampoo_alone']:+.4f}, MatTA+Shampoo {g['gain_matta_shampoo']:+.4f} "
-                      f"-> super-additive: {'yes' if g['super_additive'] else 'no'}.", ""]
+                      f"-> interaction {g['interaction']:+.4f} ± {g['interaction_se']:.4f} (1 s.e.): "
+                      f"{g['verdict']}.", ""]
     t = result.get("throughput")
     if t:
         lines += [f"P1 training throughput (batch {t['batch_size']}, measured matmul peak "
@@ -358,7 +368,8 @@ def main(argv=None) -> int:
     command = "python -m bench.run " + " ".join(sys.argv[1:] if argv is None else argv)
     result = {"data": data.name, "profile": profile_name, "seeds": prof["seeds"], "teacher": data.teacher,
               "machine": machine(), "settings": {k: v for k, v in vars(settings).items()}}
-    out_dir = os.path.join(args.out, data.name.replace(":", "_"))
+    # Smoke results never overwrite the full run's committed results.
+    out_dir = os.path.join(args.out, data.name.replace(":", "_") + ("-smoke" if args.smoke else ""))
     os.makedirs(out_dir, exist_ok=True)
     # Parts run separately (`--only`) accumulate in one results.json per data set and profile.
     results_json = os.path.join(out_dir, "results.json")

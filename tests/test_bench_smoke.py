@@ -19,7 +19,7 @@ def test_bench_smoke_writes_wellformed_results(tmp_path):
         [sys.executable, "-m", "bench.run", "--smoke", "--mix-sizes", "1", "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads((out / "generated" / "results.json").read_text())
+    result = json.loads((out / "generated-smoke" / "results.json").read_text())
     runs = result["quality"]["runs"]
     # 2 optimizers x (1 MatTA run read at 3 sizes + alone/kd at each of the 3 sizes).
     assert len(runs) == 2 * (3 + 2 * 3)
@@ -35,5 +35,5 @@ def test_bench_smoke_writes_wellformed_results(tmp_path):
     assert all(a["examples_per_s"] > 0 for a in arms.values())
     ingestion = result["ingestion"]
     assert ingestion["counts"]["rows_in"] == ingestion["rows"]
-    assert (out / "generated" / "summary.md").read_text().startswith("### Results")
-    assert (out / "generated" / "frontier.png").stat().st_size > 1000
+    assert (out / "generated-smoke" / "summary.md").read_text().startswith("### Results")
+    assert (out / "generated-smoke" / "frontier.png").stat().st_size > 1000
