@@ -13,6 +13,8 @@ import json
 import os
 import time
 
+import yaml
+
 from pipelines.config import PipelineConfig
 
 
@@ -206,6 +208,11 @@ def run_demo(root: str, rows: int = 200_000, **overrides) -> dict:
     print(f"[matta demo] writing {rows} click-log rows + teacher logits to {config.data_root}",
           flush=True)
     write_span(config.data_root, 1, rows)
+    # The same pipeline as a config file, to copy or rerun: `matta pipeline run --config`.
+    config_path = os.path.join(root, "pipeline.yaml")
+    with open(config_path, "w") as f:
+        yaml.safe_dump(config.to_dict(), f, sort_keys=False)
+    print(f"[matta demo] pipeline config: {config_path}", flush=True)
     print(f"[matta demo] data ready ({time.time() - t0:.0f}s); running the TFX pipeline "
           f"(MLMD {config.metadata_path})", flush=True)
     run_pipeline(config, progress=True)
