@@ -25,9 +25,11 @@ bench:
 bench-smoke:
 	$(ENV) python -m bench.run --smoke
 
-# Regenerate requirements.lock from setup.py inside the environment.
+# Regenerate requirements.lock from setup.py, and the Airflow overlay's lock on top of it,
+# inside the environment.
 lock:
 	$(ENV) bin/lock-deps
+	$(ENV) bin/lock-airflow
 
 clean:
-	rm -rf .venv .matta-env .pytest_cache build *.egg-info
+	rm -rf .venv .venv-airflow .matta-env .pytest_cache build *.egg-info
