@@ -91,6 +91,17 @@ def logs(train_glob: str, eval_glob: str, schema_spec, name: str, teacher_steps:
     return BenchData(name=name, train=train, eval=ev, features=features, teacher=source)
 
 
+def data_name(spec: str) -> str:
+    """The name `load(spec, ...)` gives its data (results go to a folder named after it)."""
+    if spec == "generated":
+        return "generated"
+    if spec.startswith("criteo:"):
+        return "criteo:" + os.path.basename(os.path.normpath(spec.split(":", 1)[1]))
+    if spec.startswith("schema:") and len(spec.split(":")) == 4:
+        return os.path.basename(spec.split(":")[1])
+    raise ValueError(f"--data {spec!r}: use generated, criteo:DIR or schema:SCHEMA_FILE:TRAIN_GLOB:EVAL_GLOB")
+
+
 def load(spec: str, train_rows: int, eval_rows: int, teacher_steps: int, small: bool = False) -> BenchData:
     """`generated` | `criteo:DIR` | `schema:SCHEMA_FILE:TRAIN_GLOB:EVAL_GLOB`."""
     if spec == "generated":
@@ -101,8 +112,7 @@ def load(spec: str, train_rows: int, eval_rows: int, teacher_steps: int, small: 
         eval_glob = os.path.join(folder, "test*")
         if not glob.glob(train_glob) or not glob.glob(eval_glob):
             raise ValueError(f"criteo data dir {folder!r} needs train* and test* files")
-        return logs(train_glob, eval_glob, "criteo", "criteo:" + os.path.basename(os.path.normpath(folder)),
-                    teacher_steps)
+        return logs(train_glob, eval_glob, "criteo", data_name(spec), teacher_steps)
     if spec.startswith("schema:"):
         parts = spec.split(":")
         if len(parts) != 4:
@@ -110,5 +120,5 @@ def load(spec: str, train_rows: int, eval_rows: int, teacher_steps: int, small: 
         _, schema_file, train_glob, eval_glob = parts
         if not glob.glob(train_glob) or not glob.glob(eval_glob):
             raise ValueError(f"--data {spec!r}: no files match {train_glob!r} or {eval_glob!r}")
-        return logs(train_glob, eval_glob, schema_file, os.path.basename(schema_file), teacher_steps)
+        return logs(train_glob, eval_glob, schema_file, data_name(spec), teacher_steps)
     raise ValueError(f"--data {spec!r}: use generated, criteo:DIR or schema:SCHEMA_FILE:TRAIN_GLOB:EVAL_GLOB")

@@ -294,7 +294,17 @@ def markdown(result: dict) -> str:
         lines.append("")
     s = result.get("serving")
     if s:
-        lines += ["P2 serving latency: see bench/results/serving_latency.json (bench/bench_serving.py).", ""]
+        lines += ["P2 serving latency per student (gRPC against `matta serve`, from "
+                  "bench/results/serving_latency.json, made by bench/bench_serving.py; its students "
+                  "use the default config's tables, and the plot matches them to the sizes above by "
+                  "architecture, i.e. multiply-adds per example):", "",
+                  "| student | params | madds/ex | batch | p50 ms | p99 ms |", "|---|---|---|---|---|---|"]
+        for name, per_batch in s["results"].items():
+            st = s["students"][name]
+            for batch, v in per_batch.items():
+                lines.append(f"| {name} | {st['params']:,} | {st['madds_per_example']:,} | {batch} "
+                             f"| {v['p50_ms']:.2f} | {v['p99_ms']:.2f} |")
+        lines.append("")
     i = result.get("ingestion")
     if i:
         lines += [f"P3 ingestion of {i['rows']:,} rows: ClickLogExampleGen {i['clicklog_examplegen_rows_per_s']:,.0f} "
@@ -303,7 +313,19 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_frontier(result: dict, path: str) -> None:
+def serving_p50_by_madds(result: dict, batch: str = "64") -> dict[int, float]:
+    """p50 serving latency (ms) at `batch`, keyed by multiply-adds per example.
+
+    The serving benchmark exports its own students, so the quality arms' sizes are matched
+    to them by architecture cost (multiply-adds per example), not by name.
+    """
+    s = result.get("serving") or {}
+    return {st["madds_per_example"]: s["results"][name][batch]["p50_ms"]
+            for name, st in s.get("students", {}).items() if batch in s["results"].get(name, {})}
+
+
+def plot_frontier(result: dict, path: str, latency_batch: str = "64") -> None:
+    """AUC vs parameters per method and optimizer; a second row vs serving p50 latency."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -311,19 +333,27 @@ def plot_frontier(result: dict, path: str) -> None:
 
     q = result["quality"]["summary"]
     opts = [o for o in ("adam", "shampoo") if o in q]
-    fig, axes = plt.subplots(1, len(opts), figsize=(6 * len(opts), 4), squeeze=False)
-    for ax, opt in zip(axes[0], opts, strict=True):
-        for method, marker in (("alone", "o"), ("kd", "s"), ("matta", "^")):
-            pts = sorted((v[method]["params"], v[method]["auc"]["mean"], v[method]["auc"]["std"])
-                         for v in q[opt].values() if method in v)
-            if pts:
-                x, y, e = zip(*pts, strict=True)
-                ax.errorbar(x, y, yerr=e, marker=marker, capsize=3, label=method)
-        ax.set_xscale("log")
-        ax.set_xlabel("parameters")
-        ax.set_ylabel("eval AUC")
-        ax.set_title(f"{result['data']} - {opt}")
-        ax.legend()
+    latency = serving_p50_by_madds(result, latency_batch)
+    sizes_served = all(v[m]["madds_per_example"] in latency for o in opts for v in q[o].values() for m in v)
+    axes_x = [("params", "parameters", True)]
+    if latency and sizes_served:
+        axes_x.append(("latency", f"serving p50 latency, batch {latency_batch} (ms)", False))
+    fig, axes = plt.subplots(len(axes_x), len(opts), figsize=(6 * len(opts), 4 * len(axes_x)), squeeze=False)
+    for row, (key, label, log_x) in enumerate(axes_x):
+        for ax, opt in zip(axes[row], opts, strict=True):
+            for method, marker in (("alone", "o"), ("kd", "s"), ("matta", "^")):
+                pts = sorted((v[method]["params"] if key == "params" else latency[v[method]["madds_per_example"]],
+                              v[method]["auc"]["mean"], v[method]["auc"]["std"])
+                             for v in q[opt].values() if method in v)
+                if pts:
+                    x, y, e = zip(*pts, strict=True)
+                    ax.errorbar(x, y, yerr=e, marker=marker, capsize=3, label=method)
+            if log_x:
+                ax.set_xscale("log")
+            ax.set_xlabel(label)
+            ax.set_ylabel("eval AUC")
+            ax.set_title(f"{result['data']} - {opt}")
+            ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -343,7 +373,10 @@ def main(argv=None) -> int:
     parser.add_argument("--teacher-steps", type=int, help="steps of the fitted teacher (logs without teacher logits)")
     parser.add_argument("--optimizers", default="adam,shampoo")
     parser.add_argument("--mix-sizes", type=int, default=1, help="Mix'n'Match sizes between Student and TA")
-    parser.add_argument("--only", default="quality,throughput,ingestion")
+    parser.add_argument("--only", default="quality,throughput,ingestion",
+                        help="comma list of quality, throughput, ingestion; 'report' runs nothing and "
+                             "re-renders summary.md and frontier.png from results.json (e.g. after "
+                             "bench/bench_serving.py)")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     args = parser.parse_args(argv)
 
@@ -355,6 +388,9 @@ def main(argv=None) -> int:
         if getattr(args, key):
             prof[key] = getattr(args, key)
     parts = set(args.only.split(","))
+    if parts == {"report"}:
+        return rerender(os.path.join(args.out, bench_data.data_name(args.data).replace(":", "_")
+                                     + ("-smoke" if args.smoke else "")))
     t0 = time.perf_counter()
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     log(f"bench: loading data {args.data} ({profile_name})")
@@ -377,8 +413,16 @@ def main(argv=None) -> int:
         with open(results_json) as f:
             previous = json.load(f)
         if previous.get("profile") == profile_name:
-            result = {**previous, **result, "commands": previous.get("commands", [previous.get("command")])}
-    result["commands"] = [c for c in result.get("commands", []) if c and c != command] + [command]
+            kept = {}
+            if "quality" not in parts:
+                # The header's settings and teacher describe the quality arms: a later run of
+                # other parts (with other flags) must not relabel them.
+                kept = {k: previous[k] for k in ("settings", "teacher", "seeds") if k in previous}
+            result = {**previous, **result, **kept,
+                      "commands": previous.get("commands", [previous.get("command")])}
+    result["commands"] = [c for c in result.get("commands", []) if c and c != command]
+    if parts != {"report"}:
+        result["commands"].append(command)
     result.pop("command", None)
     if "quality" in parts:
         log("bench: Q1-Q3 quality arms")
@@ -387,10 +431,7 @@ def main(argv=None) -> int:
     if "throughput" in parts:
         log("bench: P1 training throughput")
         result["throughput"] = run_throughput(data, base, settings, prof["throughput_steps"], log)
-    serving_json = os.path.join(args.out, "serving_latency.json")
-    if os.path.exists(serving_json):
-        with open(serving_json) as f:
-            result["serving"] = json.load(f)
+    attach_serving(result, args.out)
     if "ingestion" in parts:
         log("bench: P3 ingestion throughput")
         import tempfile
@@ -400,13 +441,42 @@ def main(argv=None) -> int:
     result["seconds"] = time.perf_counter() - t0
     with open(results_json, "w") as f:
         json.dump(result, f, indent=1, default=str)
+    log(write_report(result, out_dir))
+    log(f"bench: wrote {out_dir} in {result['seconds']:.0f}s")
+    return 0
+
+
+def attach_serving(result: dict, results_dir: str) -> None:
+    """P2: the serving benchmark's latest numbers (bench/bench_serving.py), if it has run."""
+    serving_json = os.path.join(results_dir, "serving_latency.json")
+    if os.path.exists(serving_json):
+        with open(serving_json) as f:
+            result["serving"] = json.load(f)
+
+
+def write_report(result: dict, out_dir: str) -> str:
+    """Writes summary.md (and frontier.png when there are quality results); returns the Markdown."""
     md = markdown(result)
     with open(os.path.join(out_dir, "summary.md"), "w") as f:
         f.write(md + "\n")
     if "quality" in result:
         plot_frontier(result, os.path.join(out_dir, "frontier.png"))
-    log(md)
-    log(f"bench: wrote {out_dir} in {result['seconds']:.0f}s")
+    return md
+
+
+def rerender(out_dir: str) -> int:
+    """`--only report`: picks up a newer serving_latency.json without re-running any arm."""
+    results_json = os.path.join(out_dir, "results.json")
+    if not os.path.exists(results_json):
+        print(f"bench: no {results_json} to re-render; run the benchmark first", file=sys.stderr)
+        return 2
+    with open(results_json) as f:
+        result = json.load(f)
+    attach_serving(result, os.path.dirname(out_dir))
+    with open(results_json, "w") as f:
+        json.dump(result, f, indent=1, default=str)
+    print(write_report(result, out_dir))
+    print(f"bench: re-rendered {out_dir}")
     return 0
 
 

@@ -4,6 +4,7 @@ the full numbers come from `make bench`."""
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -37,3 +38,18 @@ def test_bench_smoke_writes_wellformed_results(tmp_path):
     assert ingestion["counts"]["rows_in"] == ingestion["rows"]
     assert (out / "generated-smoke" / "summary.md").read_text().startswith("### Results")
     assert (out / "generated-smoke" / "frontier.png").stat().st_size > 1000
+
+    # `--only report` re-renders from results.json with the serving benchmark's numbers (P2)
+    # and re-runs nothing: the recorded commands and measurements stay as they were.
+    shutil.copy(os.path.join(REPO, "bench", "results", "serving_latency.json"), out / "serving_latency.json")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", "--only", "report", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    again = json.loads((out / "generated-smoke" / "results.json").read_text())
+    assert again["commands"] == result["commands"] and again["quality"] == result["quality"]
+    summary = (out / "generated-smoke" / "summary.md").read_text()
+    assert "P2 serving latency per student" in summary
+    served = json.loads((out / "serving_latency.json").read_text())
+    for name, st in served["students"].items():
+        assert f"| {name} | {st['params']:,} | {st['madds_per_example']:,} | 1 |" in summary
