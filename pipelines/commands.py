@@ -43,7 +43,7 @@ def _demo(args) -> int:
     if os.path.exists(os.path.join(root, "pipeline")) and not args.reuse:
         raise ValueError(f"{root} already holds a demo run; pass --reuse to run again (cache) "
                          "or choose another --root")
-    summary = run_demo(root, rows=args.rows)
+    summary = run_demo(root, rows=args.rows, ab_requests=args.ab_requests)
     return 0 if summary["arms"] else 1
 
 
@@ -69,4 +69,6 @@ def register(subparsers) -> None:
     demo.add_argument("--root", default="matta-demo", help="working folder (default ./matta-demo)")
     demo.add_argument("--rows", type=int, default=200_000)
     demo.add_argument("--reuse", action="store_true", help="run again in an existing --root")
+    demo.add_argument("--ab-requests", type=int, default=4_000,
+                      help="requests replayed through the A/B router at the end (0 = skip)")
     demo.set_defaults(func=_demo)

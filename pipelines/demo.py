@@ -198,7 +198,60 @@ def format_summary(summary: dict, serving_dir: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def run_demo(root: str, rows: int = 200_000, **overrides) -> dict:
+def write_demo_experiment(path: str, models_config: str, control: str = "student") -> dict:
+    """An A/B experiment over every student in `models.config`, equal traffic.
+
+    The production-size Student is the control: the question the experiment answers is
+    whether a bigger (costlier) student earns more clicks than it.
+    """
+    from serving.config import parse_models_config
+
+    model = parse_models_config(models_config)[0]
+    labels = sorted(model.labels, key=model.labels.get)
+    if control not in labels:
+        control = labels[0]
+    experiment = {"name": "demo_students", "model_name": model.name, "salt": "matta-demo-1",
+                  "control": control,
+                  "arms": [{"name": label, "label": label, "weight": 1.0} for label in labels]}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        yaml.safe_dump(experiment, f, sort_keys=False)
+    return experiment
+
+
+def run_ab_replay(root: str, models_config: str, rows: int = 40_000, requests: int = 4_000,
+                  syn_config=None, max_seconds: float = 120.0) -> dict:
+    """The demo's last stage: serve the students and replay fresh logs through an A/B test.
+
+    Writes `<root>/ab/`: a held-out log (new seed, same generator, with the true click
+    probability that drives the simulated clicks), `experiment.yaml`, the durable event log
+    and the report (JSON + HTML). Returns the report.
+    """
+    from matta_tf.datasets import SyntheticLogConfig, write_click_logs
+    from serving.commands import simulate_and_report
+    from serving.simulate import SimulationConfig
+
+    ab_dir = os.path.join(root, "ab")
+    holdout = os.path.join(ab_dir, "holdout.parquet")
+    # A seed no span uses (spans use span * 1000 + part), so no impression was trained on.
+    write_click_logs(holdout, rows, seed=987_654, fmt="parquet", config=syn_config or SyntheticLogConfig())
+    experiment = os.path.join(ab_dir, "experiment.yaml")
+    write_demo_experiment(experiment, models_config)
+    events = os.path.join(ab_dir, "events.jsonl")
+    if os.path.exists(events):  # the log is append-only: a rerun starts a new experiment
+        os.remove(events)
+    sim = SimulationConfig(num_requests=min(requests, rows // 10), items_per_request=10,
+                           max_seconds=max_seconds, concurrency=4, seed=0)
+    report_dir = os.path.join(ab_dir, "report")
+    stats, report = simulate_and_report(experiment, holdout, events, sim, model_config=models_config,
+                                        report_dir=report_dir)
+    report["rerun_command"] = (
+        f"matta ab simulate --experiment {experiment} --log {holdout} --model-config {models_config} "
+        f"--events {events} --requests {sim.num_requests} --report-dir {report_dir}")
+    return report
+
+
+def run_demo(root: str, rows: int = 200_000, ab_requests: int = 4_000, **overrides) -> dict:
     from matta_tf.datasets import SyntheticLogConfig
     from pipelines.pipeline import run_pipeline
 
@@ -217,7 +270,19 @@ def run_demo(root: str, rows: int = 200_000, **overrides) -> dict:
           f"(MLMD {config.metadata_path})", flush=True)
     run_pipeline(config, progress=True)
     summary = summarize(config)
-    summary["seconds"] = time.time() - t0
     print(format_summary(summary, config.serving_dir))
+    if ab_requests > 0 and summary.get("models_config"):
+        from serving.commands import print_report
+
+        print(f"[matta demo] pipeline done ({time.time() - t0:.0f}s); A/B replay: serving the "
+              f"students with `matta serve` on loopback, {ab_requests} requests of 10 items, "
+              "control = student", flush=True)
+        report = run_ab_replay(root, summary["models_config"], requests=ab_requests, syn_config=syn)
+        print_report(report)
+        print(f"[matta demo] A/B report: {report['paths']['html']}")
+        print(f"[matta demo] rerun it: {report['rerun_command']}")
+        summary["ab"] = {arm: {k: m[k] for k in ("exposures", "ctr")} | {"vs_control": m.get("vs_control")}
+                         for arm, m in report["arms"].items()}
+    summary["seconds"] = time.time() - t0
     print(f"[matta demo] done in {summary['seconds']:.0f}s")
     return summary

@@ -158,7 +158,8 @@ def build_report(experiment_path: str, events_path: str, models_config: str | No
     return report
 
 
-def _print_report(report: dict) -> None:
+def print_report(report: dict) -> None:
+    """The per-arm table `matta ab report` prints."""
     print(f"{'arm':<12}{'exposures':>10}{'CTR':>9}{'lift':>9}{'95% CI':>20}{'p':>8}"
           f"{'p50ms':>8}{'p99ms':>8}")
     for arm, m in report["arms"].items():
@@ -178,75 +179,91 @@ def _ab_report(args) -> int:
 
     report = build_report(args.experiment, args.events, args.model_config, args.offline)
     paths = write_report(report, args.out, title=f"A/B report: {report['experiment']['name']}")
-    _print_report(report)
+    print_report(report)
     print(f"wrote {paths['json']} and {paths['html']}")
     return 0
 
 
-def _ab_simulate(args) -> int:
+def simulate_and_report(experiment_path: str, log_path: str, events_path: str, sim_config,
+                        *, teacher_path: str | None = None, server: str | None = None,
+                        model_config: str | None = None, timeout_s: float = 2.0,
+                        report_dir: str | None = None) -> tuple[dict, dict | None]:
+    """`matta ab simulate` as a function: replays `log_path` through the experiment's router.
+
+    Serves from `server` (grpc:// or http://), or from an in-process `matta serve` started
+    on free loopback ports for `model_config`. Returns (run statistics, report or None);
+    the report (JSON + HTML, with each arm's offline AUC on the log when it has labels)
+    is written only when `report_dir` is given, and its paths are under report["paths"].
+    """
     import numpy as np
 
     from serving.ab import ABRouter, EventLog, ExperimentConfig
     from serving.client import make_client
     from serving.examples import encode_rows, rows_from_table
     from serving.simulate import (
-        SimulationConfig,
         load_log_table,
         offline_metrics,
         relevance_from_table,
         run_simulation,
     )
 
-    exp = ExperimentConfig.from_file(args.experiment)
-    table = load_log_table(args.log, args.teacher)
+    exp = ExperimentConfig.from_file(experiment_path)
+    table = load_log_table(log_path, teacher_path)
     relevance = relevance_from_table(table)
     examples = encode_rows(rows_from_table(table))
-    server = None
-    if args.model_config:
+    local = None
+    if model_config:
         from serving.server import ModelServer, ServerOptions
 
-        server = ModelServer.from_config(args.model_config,
-                                         ServerOptions(grpc_port=0, rest_port=0)).start()
-        address = f"127.0.0.1:{server.grpc_port}"
+        local = ModelServer.from_config(model_config, ServerOptions(grpc_port=0, rest_port=0)).start()
+        address = f"127.0.0.1:{local.grpc_port}"
     else:
-        address = args.server or exp.address
+        address = server or exp.address
         if not address:
             raise ValueError("no server: give --server, --model-config or an experiment address")
+    clients = {}
+    report = None
     try:
-        clients = {a.name: make_client(a.address or address, timeout_s=args.timeout_seconds)
-                   for a in exp.arms}
-        cfg = SimulationConfig(num_requests=args.requests, items_per_request=args.items,
-                               max_seconds=args.max_seconds, concurrency=args.concurrency,
-                               position_decay=args.position_decay, seed=args.seed)
-        with EventLog(args.events) as event_log:
-            router = ABRouter(exp, clients, event_log, timeout_s=args.timeout_seconds)
-            stats = run_simulation(router, examples, relevance, cfg)
-        print(json.dumps(stats, indent=2))
-        if args.report_dir:
-            os.makedirs(args.report_dir, exist_ok=True)
-            offline_path = os.path.join(args.report_dir, "offline_metrics.json")
-            if "label" in table.column_names:
-                labels = np.asarray(table.column("label").to_pylist(), dtype=np.float64)
-                control_client = clients[exp.control]
-                offline = offline_metrics(control_client, exp.model_name,
-                                          {a.name: a.label for a in exp.arms}, examples, labels)
-                with open(offline_path, "w") as f:
-                    json.dump(offline, f, indent=2)
-            else:
-                offline_path = None
+        clients = {a.name: make_client(a.address or address, timeout_s=timeout_s) for a in exp.arms}
+        with EventLog(events_path) as event_log:
+            router = ABRouter(exp, clients, event_log, timeout_s=timeout_s)
+            stats = run_simulation(router, examples, relevance, sim_config)
+        if report_dir:
             from serving.analysis import write_report
 
-            report = build_report(args.experiment, args.events, args.model_config, offline_path)
+            os.makedirs(report_dir, exist_ok=True)
+            offline_path = None
+            if "label" in table.column_names:
+                labels = np.asarray(table.column("label").to_pylist(), dtype=np.float64)
+                offline = offline_metrics(clients[exp.control], exp.model_name,
+                                          {a.name: a.label for a in exp.arms}, examples, labels)
+                offline_path = os.path.join(report_dir, "offline_metrics.json")
+                with open(offline_path, "w") as f:
+                    json.dump(offline, f, indent=2)
+            report = build_report(experiment_path, events_path, model_config, offline_path)
             report["simulation"] = stats
-            paths = write_report(report, args.report_dir,
-                                 title=f"A/B simulation: {exp.name}")
-            _print_report(report)
-            print(f"wrote {paths['json']} and {paths['html']}")
+            report["paths"] = write_report(report, report_dir, title=f"A/B simulation: {exp.name}")
+    finally:
         for c in clients.values():
             c.close()
-    finally:
-        if server is not None:
-            server.stop()
+        if local is not None:
+            local.stop()
+    return stats, report
+
+
+def _ab_simulate(args) -> int:
+    from serving.simulate import SimulationConfig
+
+    cfg = SimulationConfig(num_requests=args.requests, items_per_request=args.items,
+                           max_seconds=args.max_seconds, concurrency=args.concurrency,
+                           position_decay=args.position_decay, seed=args.seed)
+    stats, report = simulate_and_report(
+        args.experiment, args.log, args.events, cfg, teacher_path=args.teacher, server=args.server,
+        model_config=args.model_config, timeout_s=args.timeout_seconds, report_dir=args.report_dir)
+    print(json.dumps(stats, indent=2))
+    if report is not None:
+        print_report(report)
+        print(f"wrote {report['paths']['json']} and {report['paths']['html']}")
     if stats["requests"] == 0:
         print(f"no request succeeded: {stats.get('first_error')}", file=sys.stderr)
         return 1
