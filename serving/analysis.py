@@ -1,26 +1,40 @@
 """Experiment analysis for `matta ab report`: CTR, lift, tests, SRM, latency, cost.
 
 Unit of analysis: one exposure = one ranked list shown for one request. Its outcome is
-`clicked` (1 if any item was clicked), so per arm the clicked exposures are Binomial(n, p)
-and CTR = clicked / exposures. (Item-level clicks per exposure are reported too, without
-a test: several clicks in one list are not independent.) Exposures stay with the
-*assigned* arm even when a fallback served them (intention-to-treat).
+`clicked` (1 if any item was clicked), and CTR = clicked exposures / exposures.
+(Item-level clicks per exposure are reported too, without a test: several clicks in one
+list are not independent.) Exposures stay with the *assigned* arm even when a fallback
+served them (intention-to-treat).
 
-With p_t = c_t / n_t (treatment) and p_c = c_c / n_c (control):
+Randomisation is by unit (`unit_id`, e.g. a user: sticky assignment), and one unit
+usually sees several exposures, whose outcomes are correlated. Treating the exposures as
+independent Bernoulli trials would then understate the variance and flag differences that
+are noise. So each arm's CTR variance is the delta-method variance of a ratio of per-unit
+sums (Deng, Knoblich & Lu, "Applying the Delta Method in Metric Analytics", KDD 2018):
+with c_u clicked exposures and n_u exposures of unit u among N units, p = sum c / sum n,
+
+    Var(p) = mean_u((c_u - p n_u)^2) / (N * mean_u(n_u)^2),
+
+expressed as a design effect deff = Var(p) / (p (1 - p) / sum n) (Kish): deff = 1 exactly
+when every unit has one exposure, and the formulas below reduce to the textbook binomial
+ones. With p_t = c_t / n_t (treatment), p_c = c_c / n_c (control):
 
 * relative lift  L = p_t / p_c - 1.
 * 95% CI for L: delta method on the log ratio (Katz et al. 1978),
-      se(log R) = sqrt((1 - p_t) / c_t + (1 - p_c) / c_c),
+      se(log R) = sqrt(deff_t (1 - p_t) / c_t + deff_c (1 - p_c) / c_c),
       CI = exp(log R -/+ z_{0.975} se) - 1,
   which, unlike the linear delta method, stays inside (-1, inf) and is asymmetric like
   the sampling distribution of a ratio.
-* two-sided p-value: pooled two-proportion z-test,
-      p = (c_t + c_c) / (n_t + n_c),  z = (p_t - p_c) / sqrt(p (1 - p) (1/n_t + 1/n_c)),
+* two-sided p-value: pooled two-proportion z-test, variances scaled by the design effects,
+      p = (c_t + c_c) / (n_t + n_c),  z = (p_t - p_c) / sqrt(p (1 - p) (deff_t/n_t + deff_c/n_c)),
       p-value = 2 (1 - Phi(|z|)).
-* sample-ratio mismatch: Pearson chi-square of the exposure counts against the configured
-  weights (`scipy.stats.chisquare`, k - 1 degrees of freedom); flagged at p < 0.001.
+* sample-ratio mismatch: Pearson chi-square of the *unit* counts (what was randomised)
+  against the configured weights (`scipy.stats.chisquare`, k - 1 degrees of freedom);
+  flagged at p < 0.001. (Exposure counts are not independent draws when units repeat.)
 * latency p50/p95/p99: `numpy.percentile` (linear interpolation) of the router's
   end-to-end latency per exposure.
+
+Exposures without a `unit_id` count as units of their own.
 """
 from __future__ import annotations
 
@@ -42,8 +56,27 @@ def ctr(clicks: int, exposures: int) -> float:
     return clicks / exposures if exposures else float("nan")
 
 
-def relative_lift_ci(c_t: int, n_t: int, c_c: int, n_c: int,
-                     z: float = Z_975) -> tuple[float, float, float]:
+def ratio_delta_variance(clicks_per_unit: Sequence[float], exposures_per_unit: Sequence[float]) -> float:
+    """Var(sum c / sum n) over iid units by the delta method (population moments)."""
+    c = np.asarray(clicks_per_unit, dtype=np.float64)
+    n = np.asarray(exposures_per_unit, dtype=np.float64)
+    if c.size == 0 or n.sum() <= 0:
+        return float("nan")
+    p = c.sum() / n.sum()
+    return float(np.mean((c - p * n) ** 2) / (c.size * n.mean() ** 2))
+
+
+def design_effect(clicks_per_unit: Sequence[float], exposures_per_unit: Sequence[float]) -> float:
+    """Delta-method variance of the CTR over its binomial variance (1 = independent exposures)."""
+    n_total = float(np.sum(exposures_per_unit))
+    p = float(np.sum(clicks_per_unit)) / n_total if n_total > 0 else float("nan")
+    if not 0.0 < p < 1.0:
+        return 1.0
+    return ratio_delta_variance(clicks_per_unit, exposures_per_unit) / (p * (1.0 - p) / n_total)
+
+
+def relative_lift_ci(c_t: int, n_t: int, c_c: int, n_c: int, z: float = Z_975,
+                     deff_t: float = 1.0, deff_c: float = 1.0) -> tuple[float, float, float]:
     """(lift, low, high) of p_t/p_c - 1 with the log-ratio delta-method interval."""
     if min(n_t, n_c) <= 0 or c_c <= 0:
         return float("nan"), float("nan"), float("nan")
@@ -51,19 +84,20 @@ def relative_lift_ci(c_t: int, n_t: int, c_c: int, n_c: int,
     lift = p_t / p_c - 1.0
     if c_t <= 0:
         return lift, float("nan"), float("nan")
-    se = math.sqrt((1.0 - p_t) / c_t + (1.0 - p_c) / c_c)
+    se = math.sqrt(deff_t * (1.0 - p_t) / c_t + deff_c * (1.0 - p_c) / c_c)
     log_r = math.log(p_t / p_c)
     return lift, math.exp(log_r - z * se) - 1.0, math.exp(log_r + z * se) - 1.0
 
 
-def two_proportion_z_test(c_t: int, n_t: int, c_c: int, n_c: int) -> tuple[float, float]:
-    """(z, two-sided p-value) of the pooled two-proportion z-test."""
+def two_proportion_z_test(c_t: int, n_t: int, c_c: int, n_c: int,
+                          deff_t: float = 1.0, deff_c: float = 1.0) -> tuple[float, float]:
+    """(z, two-sided p-value) of the pooled two-proportion z-test (design-effect scaled)."""
     from scipy import stats
 
     if min(n_t, n_c) <= 0:
         return float("nan"), float("nan")
     pooled = (c_t + c_c) / (n_t + n_c)
-    var = pooled * (1.0 - pooled) * (1.0 / n_t + 1.0 / n_c)
+    var = pooled * (1.0 - pooled) * (deff_t / n_t + deff_c / n_c)
     if var <= 0:
         return 0.0, 1.0
     z = (c_t / n_t - c_c / n_c) / math.sqrt(var)
@@ -71,7 +105,7 @@ def two_proportion_z_test(c_t: int, n_t: int, c_c: int, n_c: int) -> tuple[float
 
 
 def srm_check(observed: Mapping[str, int], shares: Mapping[str, float]) -> dict:
-    """Chi-square goodness of fit of exposure counts to the configured traffic shares."""
+    """Chi-square goodness of fit of unit counts to the configured traffic shares."""
     from scipy import stats
 
     arms = [a for a in shares if shares[a] > 0]
@@ -123,8 +157,16 @@ def summarize(events: Sequence[Mapping[str, Any]], arms: Sequence[str], control:
         clicked = sum(int(o.get("clicked", 0)) for o in out)
         item_clicks = sum(int(o.get("clicks", 0)) for o in out)
         items = sum(int(e.get("n_items", 0)) for e in exp)
+        by_unit: dict[str, list[int]] = {}  # unit -> [clicked exposures, exposures]
+        for e in exp:
+            o = outcomes.get(e["request_id"], {})
+            tally = by_unit.setdefault(str(e.get("unit_id") or "request:" + str(e["request_id"])), [0, 0])
+            tally[0] += int(o.get("clicked", 0))
+            tally[1] += 1
+        units = np.array(list(by_unit.values()), dtype=np.float64).reshape(-1, 2)
         per_arm[arm] = {
-            "exposures": n, "clicked_exposures": clicked, "ctr": ctr(clicked, n),
+            "exposures": n, "units": len(by_unit), "clicked_exposures": clicked, "ctr": ctr(clicked, n),
+            "design_effect": design_effect(units[:, 0], units[:, 1]),
             "item_clicks": item_clicks, "items_shown": items,
             "item_ctr": ctr(item_clicks, items),
             "fallbacks": sum(1 for e in exp if e.get("fallback")),
@@ -138,16 +180,16 @@ def summarize(events: Sequence[Mapping[str, Any]], arms: Sequence[str], control:
         if arm == control:
             continue
         t = per_arm[arm]
-        lift, low, high = relative_lift_ci(t["clicked_exposures"], t["exposures"],
-                                           c["clicked_exposures"], c["exposures"])
-        z, p = two_proportion_z_test(t["clicked_exposures"], t["exposures"],
-                                     c["clicked_exposures"], c["exposures"])
+        counts = (t["clicked_exposures"], t["exposures"], c["clicked_exposures"], c["exposures"])
+        deffs = {"deff_t": t["design_effect"], "deff_c": c["design_effect"]}
+        lift, low, high = relative_lift_ci(*counts, **deffs)
+        z, p = two_proportion_z_test(*counts, **deffs)
         t["vs_control"] = {"lift": lift, "ci95_low": low, "ci95_high": high, "z": z,
                            "p_value": p}
     return {
         "control": control,
         "arms": per_arm,
-        "srm": srm_check({a: per_arm[a]["exposures"] for a in arms}, shares),
+        "srm": srm_check({a: per_arm[a]["units"] for a in arms}, shares),
         "total_exposures": sum(per_arm[a]["exposures"] for a in arms),
         "failed_requests": sum(1 for e in events
                                if e.get("type") == "exposure" and e.get("served_arm") is None),
@@ -225,7 +267,8 @@ def render_html(report: Mapping, title: str = "A/B experiment report") -> str:
               if vc else "control")
         rows.append(
             "<tr>" + "".join(f"<td>{c}</td>" for c in [
-                html.escape(arm), m["exposures"], m["clicked_exposures"], _fmt(m["ctr"], True),
+                html.escape(arm), m["units"], m["exposures"], m["clicked_exposures"], _fmt(m["ctr"], True),
+                _fmt(m["design_effect"]),
                 _fmt(vc.get("lift"), True) if vc else "-", ci,
                 _fmt(vc.get("p_value")) if vc else "-", m["fallbacks"],
                 _fmt(m["latency_ms"]["p50"]), _fmt(m["latency_ms"]["p95"]),
@@ -236,7 +279,7 @@ def render_html(report: Mapping, title: str = "A/B experiment report") -> str:
                 f"({'SAMPLE RATIO MISMATCH: do not trust the comparison' if srm['mismatch'] else 'no mismatch at p < 0.001'})")
     images = "".join(f'<p><img alt="{k}" src="data:image/png;base64,{v}"/></p>'
                      for k, v in charts.items())
-    head = ["arm", "exposures", "clicked", "CTR", "lift", "95% CI", "p-value", "fallbacks",
+    head = ["arm", "units", "exposures", "clicked", "CTR", "design effect", "lift", "95% CI", "p-value", "fallbacks",
             "p50 ms", "p95 ms", "p99 ms", "params", "offline AUC"]
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -245,10 +288,12 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head><b
 <h1>{html.escape(title)}</h1>
 <p>Control arm: <b>{html.escape(report['control'])}</b>. Total exposures:
 {report['total_exposures']}; failed requests: {report['failed_requests']}.</p>
-<p>Sample-ratio check: {srm_text}.</p>
+<p>Sample-ratio check (units, i.e. what was randomised): {srm_text}.</p>
 <table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{''.join(rows)}</table>
-<p>CTR = exposures with at least one click / exposures. Lift CI: delta method on the log
-ratio; p-value: pooled two-proportion z-test (two-sided).</p>
+<p>CTR = exposures with at least one click / exposures. Variances account for units that
+saw several lists (delta method for a ratio of per-unit sums, as a design effect; 1 = every
+unit one list). Lift CI: delta method on the log ratio; p-value: pooled two-proportion
+z-test (two-sided) with design-effect-scaled variances.</p>
 {images}
 </body></html>
 """

@@ -160,17 +160,18 @@ def build_report(experiment_path: str, events_path: str, models_config: str | No
 
 def print_report(report: dict) -> None:
     """The per-arm table `matta ab report` prints."""
-    print(f"{'arm':<12}{'exposures':>10}{'CTR':>9}{'lift':>9}{'95% CI':>20}{'p':>8}"
-          f"{'p50ms':>8}{'p99ms':>8}")
+    print(f"{'arm':<12}{'units':>7}{'exposures':>10}{'CTR':>9}{'deff':>6}{'lift':>9}{'95% CI':>20}"
+          f"{'p':>8}{'p50ms':>8}{'p99ms':>8}")
     for arm, m in report["arms"].items():
         vc = m.get("vs_control")
         lift = f"{vc['lift'] * 100:+.1f}%" if vc else "control"
         ci = (f"[{vc['ci95_low'] * 100:+.1f},{vc['ci95_high'] * 100:+.1f}]%" if vc else "")
         p = f"{vc['p_value']:.3f}" if vc else ""
-        print(f"{arm:<12}{m['exposures']:>10}{m['ctr'] * 100:>8.2f}%{lift:>9}{ci:>20}{p:>8}"
+        print(f"{arm:<12}{m['units']:>7}{m['exposures']:>10}{m['ctr'] * 100:>8.2f}%"
+              f"{m['design_effect']:>6.2f}{lift:>9}{ci:>20}{p:>8}"
               f"{m['latency_ms']['p50']:>8.2f}{m['latency_ms']['p99']:>8.2f}")
     srm = report["srm"]
-    print(f"SRM chi2={srm['chi2']:.3f} p={srm['p_value']:.4f}"
+    print(f"SRM (units) chi2={srm['chi2']:.3f} p={srm['p_value']:.4f}"
           + ("  <-- SAMPLE RATIO MISMATCH" if srm["mismatch"] else ""))
 
 

@@ -199,3 +199,66 @@ def test_summarize_and_report_files(tmp_path):
     assert html_text.count("data:image/png;base64,") == 2  # lift chart + AUC-vs-cost chart
     with pytest.raises(ValueError, match="event 0 has arm 'zzz'"):
         analysis.summarize([{"type": "exposure", "arm": "zzz"}], ["ta"], "ta", {"ta": 1.0})
+
+
+def test_design_effect_closed_forms():
+    # One exposure per unit: the delta-method variance is the binomial one, deff = 1.
+    clicked = np.array([1] * 300 + [0] * 700)
+    assert analysis.ratio_delta_variance(clicked, np.ones(1000)) == pytest.approx(0.3 * 0.7 / 1000, rel=1e-12)
+    assert analysis.design_effect(clicked, np.ones(1000)) == pytest.approx(1.0, rel=1e-12)
+    # Units that see 4 lists and click all or none of them: 4 exposures carry the
+    # information of one, so the variance is 4x the binomial one.
+    assert analysis.design_effect(4 * clicked, np.full(1000, 4)) == pytest.approx(4.0, rel=1e-12)
+    # deff scales the CI's log-ratio variance and the z-test's variance.
+    lift, low, high = analysis.relative_lift_ci(1100, 10000, 1000, 10000, deff_t=4.0, deff_c=4.0)
+    se = 2.0 * math.sqrt((1 - 0.11) / 1100 + (1 - 0.10) / 1000)
+    assert low == pytest.approx(1.1 * math.exp(-1.959963984540054 * se) - 1, rel=1e-12)
+    z4, _ = analysis.two_proportion_z_test(1100, 10000, 1000, 10000, deff_t=4.0, deff_c=4.0)
+    z1, _ = analysis.two_proportion_z_test(1100, 10000, 1000, 10000)
+    assert z4 == pytest.approx(z1 / 2.0, rel=1e-12)
+
+
+def test_delta_variance_matches_monte_carlo_with_clustered_users():
+    """float64 reference: the empirical variance of the CTR over 4,000 simulated experiments
+    of 400 users with 1-8 lists each and a per-user click propensity (correlated outcomes)."""
+    rng = np.random.default_rng(7)
+    experiments, users = 4000, 400
+    n = rng.integers(1, 9, size=(experiments, users)).astype(np.float64)
+    propensity = rng.beta(0.6, 1.4, size=(experiments, users))
+    c = rng.binomial(n.astype(np.int64), propensity).astype(np.float64)
+    ctrs = c.sum(axis=1) / n.sum(axis=1)
+    empirical = ctrs.var(ddof=1)
+    delta = np.mean([analysis.ratio_delta_variance(c[i], n[i]) for i in range(experiments)])
+    binomial = np.mean(ctrs * (1 - ctrs) / n.sum(axis=1))
+    assert delta == pytest.approx(empirical, rel=0.08)
+    assert empirical > 1.5 * binomial  # the naive variance would be far too small here
+    deff = np.mean([analysis.design_effect(c[i], n[i]) for i in range(experiments)])
+    assert deff == pytest.approx(empirical / binomial, rel=0.08)
+
+
+def test_srm_counts_units_and_intervals_widen_for_repeated_units():
+    events = []
+    # Control: 200 users with one list each; treatment: 200 users with 3 lists each whose
+    # outcomes are identical per user. Equal units, so no sample-ratio mismatch, although
+    # the treatment has 3x the exposures.
+    for arm, lists in (("control", 1), ("treat", 3)):
+        for u in range(200):
+            for k in range(lists):
+                rid = f"{arm}-{u}-{k}"
+                events.append({"type": "exposure", "request_id": rid, "unit_id": f"{arm}-user-{u}",
+                               "arm": arm, "served_arm": arm, "fallback": False, "latency_ms": 1.0,
+                               "n_items": 10})
+                events.append({"type": "outcome", "request_id": rid, "arm": arm,
+                               "clicked": int(u < (60 if arm == "control" else 70)), "clicks": 1})
+    report = analysis.summarize(events, ["control", "treat"], "control", {"control": 0.5, "treat": 0.5})
+    t = report["arms"]["treat"]
+    assert (t["units"], t["exposures"]) == (200, 600)
+    assert report["srm"]["chi2"] == pytest.approx(0.0) and not report["srm"]["mismatch"]
+    assert t["design_effect"] == pytest.approx(3.0, rel=1e-12)
+    assert report["arms"]["control"]["design_effect"] == pytest.approx(1.0, rel=1e-12)
+    vc = t["vs_control"]
+    assert (vc["lift"], vc["ci95_low"], vc["ci95_high"]) == pytest.approx(
+        analysis.relative_lift_ci(210, 600, 60, 200, deff_t=3.0, deff_c=1.0), rel=1e-12)
+    # The same clicks scored per exposure, as if independent, give a narrower interval.
+    naive = analysis.relative_lift_ci(210, 600, 60, 200)
+    assert vc["ci95_high"] - vc["ci95_low"] > naive[2] - naive[1]
