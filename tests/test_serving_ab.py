@@ -137,6 +137,19 @@ def test_event_log_reader_skips_torn_tail_but_not_corruption(tmp_path):
         log.append({"a": 1})
 
 
+def test_event_log_group_commit_batches_a_burst_in_order(tmp_path):
+    """A burst queued while the writer is fsyncing goes out in few writes, in order, and
+    never in batches larger than batch_size."""
+    path = tmp_path / "burst.jsonl"
+    with ab.EventLog(str(path), batch_size=64) as log:
+        seqs = [log.append({"type": "outcome", "id": i}) for i in range(2000)]
+        assert log.wait(seqs[-1], timeout=30)
+        assert log.durable_seq == 1999
+        batches = log.batches_written
+    assert 2000 / 64 <= batches < 1000  # capped at 64 per write, and far fewer than 1 per event
+    assert [e["id"] for e in ab.read_events(str(path))] == list(range(2000))
+
+
 # ------------------------------------------------------------------------------ analysis
 
 def test_analysis_math_against_closed_form():
