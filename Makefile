@@ -19,6 +19,7 @@ CRITEO_SAMPLE ?= ../shared/data/criteo_sample
 bench:
 	$(ENV) python bench/bench_shampoo.py
 	$(ENV) python bench/bench_serving.py
+	$(ENV) python bench/bench_eventlog.py
 	$(ENV) python -m bench.run --full --data generated
 	if [ -d $(CRITEO_SAMPLE) ]; then $(ENV) python -m bench.run --full --data criteo:$(CRITEO_SAMPLE) --only quality,throughput --steps 60 --batch-size 256 --teacher-steps 120; fi
 
