@@ -7,11 +7,17 @@ checkpoint) and the Transform's `transform_graph`. For every arm in `arms` (name
 standalone model with `matta_tf.export.export_saved_model`, with the TFT transform layer
 as `preprocess` so the SavedModel takes *raw* serialized tf.Examples.
 
+With the optional `examples` input (ExampleGen's output), the first records of its eval
+split become TF Serving warm-up requests (`assets.extra/tf_serving_warmup_requests`, batch
+sizes 1 and 8) in every exported SavedModel, so a server replays them at load instead of
+paying the first-call graph setup on live traffic.
+
 Outputs:
-* `students` (Model): TF Serving layout `<uri>/<model_name>/<version>/saved_model.pb`
-  (versions 1..N in arm order) plus `<uri>/models.config` (a ModelServerConfig text proto,
-  one version label per arm, base path relative to the file) and `<uri>/students.json`
-  (arm -> version, spec, params, multiply-adds per example).
+* `students` (Model): a deployment made by `serving.config.write_deployment`: TF Serving
+  layout `<uri>/<model_name>/<version>/saved_model.pb` (versions 1..N in arm order),
+  `<uri>/models.config` (ModelServerConfig text proto, one version label per arm, absolute
+  base path as `tensorflow_model_server` needs), `<uri>/batching_parameters.txt`, and
+  `<uri>/students.json` (arm -> version, spec, params, multiply-adds per example).
 * `model_<arm>` (Model) per arm: the same SavedModel under `Format-Serving/`, the layout
   the standard Evaluator and Pusher read, so each arm is evaluated and pushed separately.
 """
@@ -19,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 from tfx import types
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
@@ -69,6 +74,20 @@ def serving_parse_spec(tft_output, exclude=NON_FEATURE_COLUMNS) -> dict:
     return {k: v for k, v in tft_output.raw_feature_spec().items() if k not in exclude}
 
 
+def warmup_examples(examples_artifacts, count: int = 8, split: str = "eval") -> list[bytes]:
+    """The first `count` serialized tf.Examples of ExampleGen's `split` (gzip TFRecords)."""
+    import glob
+
+    import tensorflow as tf
+
+    split_dir = artifact_utils.get_split_uri(examples_artifacts, split)
+    files = sorted(glob.glob(os.path.join(split_dir, "*")))
+    if not files:
+        raise ValueError(f"StudentExtractor: no {split!r} split files under {split_dir} for warm-up")
+    records = tf.data.TFRecordDataset(files, compression_type="GZIP").take(count)
+    return [r.numpy() for r in records]
+
+
 class StudentExtractorExecutor(base_executor.BaseExecutor):
     def Do(self, input_dict, output_dict, exec_properties):
         import tensorflow as tf
@@ -77,7 +96,7 @@ class StudentExtractorExecutor(base_executor.BaseExecutor):
         from components import trainer_module
         from matta_tf.export import export_saved_model
         from matta_tf.extract import cost, extract
-        from serving.config import ServedModel, model_server_config_text
+        from serving.config import make_warmup_logs, write_deployment, write_warmup_requests
 
         arms = json.loads(exec_properties["arms"])
         mixnmatch = int(exec_properties["mixnmatch"])
@@ -90,9 +109,10 @@ class StudentExtractorExecutor(base_executor.BaseExecutor):
         tft_output = tft.TFTransformOutput(transform_uri)
         parse_spec = serving_parse_spec(tft_output)
 
+        warmup = warmup_examples(input_dict["examples"]) if input_dict.get("examples") else []
         students = artifact_utils.get_single_instance(output_dict[STUDENTS_KEY])
         summary = {}
-        labels = {}
+        export_dirs = {}
         for version, arm in enumerate(arms, start=1):
             standalone = extract(model, specs[arm], name=arm)
             target = artifact_utils.get_single_instance(output_dict[arm_output_key(arm)])
@@ -100,22 +120,21 @@ class StudentExtractorExecutor(base_executor.BaseExecutor):
             # A fresh TFT layer per export: each SavedModel tracks its own copy of the assets.
             export_saved_model(standalone, export_dir, parse_spec,
                                preprocess=tft_output.transform_features_layer())
-            layout_dir = os.path.join(students.uri, model_name, str(version))
-            shutil.copytree(export_dir, layout_dir)
-            c = cost(model.config, specs[arm])
             size = sum(os.path.getsize(os.path.join(d, f))
                        for d, _, fs in os.walk(export_dir) for f in fs)
+            if warmup:  # in the export itself, so the pushed copy warms up too
+                write_warmup_requests(export_dir, make_warmup_logs(model_name, warmup))
+            export_dirs[arm] = export_dir
+            c = cost(model.config, specs[arm])
             summary[arm] = {"version": version, "spec": specs[arm].to_dict(), **c,
-                            "saved_model_bytes": size, "path": layout_dir}
-            labels[arm] = version
+                            "saved_model_bytes": size, "warmup_requests": len(warmup) > 0}
             for a in (target, students):
                 a.set_int_custom_property(f"{arm}_params", int(c["params"]))
             target.set_string_custom_property("arm", arm)
             tf.get_logger().info("exported %s (%d params) to %s", arm, c["params"], export_dir)
-        config_text = model_server_config_text(
-            [ServedModel(name=model_name, base_path=model_name, labels=labels)])
-        with open(os.path.join(students.uri, "models.config"), "w") as f:
-            f.write(config_text)
+        deployment = write_deployment(students.uri, model_name, export_dirs)
+        for arm, path in deployment.version_dirs.items():
+            summary[arm]["path"] = path
         with open(os.path.join(students.uri, "students.json"), "w") as f:
             json.dump({"model_name": model_name, "arms": summary}, f, indent=1, sort_keys=True)
         students.set_string_custom_property("arms", ",".join(arms))
@@ -130,6 +149,7 @@ class StudentExtractorSpecBase(ComponentSpec):
     INPUTS = {
         "model": ChannelParameter(type=standard_artifacts.Model),
         "transform_graph": ChannelParameter(type=standard_artifacts.TransformGraph),
+        "examples": ChannelParameter(type=standard_artifacts.Examples, optional=True),
     }
     OUTPUTS = {STUDENTS_KEY: ChannelParameter(type=standard_artifacts.Model)}
 
@@ -148,7 +168,8 @@ class StudentExtractor(base_component.BaseComponent):
     Example:
         extractor = StudentExtractor(model=trainer.outputs["model"],
                                      transform_graph=transform.outputs["transform_graph"],
-                                     arms=["student", "mix_1", "ta"], mixnmatch=1)
+                                     arms=["student", "mix_1", "ta"], mixnmatch=1,
+                                     examples=example_gen.outputs["examples"])  # warm-up
         extractor.outputs["model_student"]  # -> Evaluator / Pusher
     """
 
@@ -156,12 +177,14 @@ class StudentExtractor(base_component.BaseComponent):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(StudentExtractorExecutor)
 
     def __init__(self, model, transform_graph, arms=DEFAULT_ARMS, mixnmatch: int = 1,
-                 model_name: str = "matta_ranker"):
+                 model_name: str = "matta_ranker", examples=None):
         arms = check_arms(arms, mixnmatch)
         spec_cls = _spec_class(arms)
-        outputs = {STUDENTS_KEY: types.Channel(type=standard_artifacts.Model)}
+        channels = {STUDENTS_KEY: types.Channel(type=standard_artifacts.Model)}
         for arm in arms:
-            outputs[arm_output_key(arm)] = types.Channel(type=standard_artifacts.Model)
+            channels[arm_output_key(arm)] = types.Channel(type=standard_artifacts.Model)
+        if examples is not None:  # optional input
+            channels["examples"] = examples
         spec = spec_cls(model=model, transform_graph=transform_graph, arms=json.dumps(arms),
-                        mixnmatch=int(mixnmatch), model_name=model_name, **outputs)
+                        mixnmatch=int(mixnmatch), model_name=model_name, **channels)
         super().__init__(spec=spec)

@@ -98,7 +98,8 @@ def create_components(config: PipelineConfig, orchestrator: str = "local") -> li
     extractor = StudentExtractor(model=trainer.outputs["model"],
                                  transform_graph=transform.outputs["transform_graph"],
                                  arms=config.arms, mixnmatch=config.mixnmatch,
-                                 model_name=config.model_name)
+                                 model_name=config.model_name,
+                                 examples=example_gen.outputs["examples"])
     components = [example_gen, statistics_gen, schema_gen, example_validator, transform,
                   *([previous_model] if previous_model is not None else []), trainer, extractor]
     for arm in config.arms:

@@ -96,6 +96,11 @@ def test_students_load_score_and_serving_layout(runs):
         parsed = text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())
     entry = parsed.model_config_list.config[0]
     assert dict(entry.version_labels) == {a: i + 1 for i, a in enumerate(cfg.arms)}
+    # tensorflow_model_server resolves base_path against its own working directory.
+    assert entry.base_path == os.path.join(summary["layout"], cfg.model_name)
+    from serving.config import WARMUP_RELATIVE_PATH, parse_batching_parameters, read_warmup_requests
+
+    parse_batching_parameters(os.path.join(summary["layout"], "batching_parameters.txt"))
     table = pq.read_table(os.path.join(cfg.data_root, "span-1", "logs", "part-0.parquet"))
     rows = table.slice(0, 64).to_pydict()
     feats = {k: v for k, v in rows.items() if k[0] in "IC" and k[1:].isdigit()}
@@ -110,7 +115,14 @@ def test_students_load_score_and_serving_layout(runs):
         # The pushed SavedModel is the very one in the TF Serving layout for this arm.
         assert filecmp.cmp(os.path.join(info["path"], "saved_model.pb"),
                            os.path.join(info["pushed_to"], "saved_model.pb"), shallow=False)
+        # Warm-up requests from the eval split, in the layout and in the pushed copy alike;
+        # replaying one through the SavedModel gives finite probabilities.
+        for root in (info["path"], info["pushed_to"]):
+            warm = read_warmup_requests(os.path.join(root, WARMUP_RELATIVE_PATH))
+            assert [len(w.predict_log.request.inputs["examples"].string_val) for w in warm] == [1, 8]
         loaded = tf.saved_model.load(info["path"])
+        warm_batch = tf.constant(list(warm[1].predict_log.request.inputs["examples"].string_val))
+        assert np.all(np.isfinite(loaded.signatures["serving_default"](examples=warm_batch)["probability"]))
         out = loaded.signatures["serving_default"](examples=examples)
         p = out["probability"].numpy()
         assert p.shape == (64,) and np.all((p > 0) & (p < 1))
