@@ -27,6 +27,8 @@ def register(subparsers) -> None:
     serve.add_argument("--grpc-threads", type=int, default=8)
     serve.add_argument("--grace-seconds", type=float, default=5.0)
     serve.add_argument("--no-warmup", action="store_true")
+    serve.add_argument("--file-system-poll-wait-seconds", type=float, default=1.0,
+                       help="rescan 'latest'/'all' models for new versions this often (0 = never)")
     serve.set_defaults(func=_serve)
 
     cfg = subparsers.add_parser("serving", help="TF Serving deployment artifacts")
@@ -82,7 +84,8 @@ def _serve(args) -> int:
     options = ServerOptions(host=args.host, grpc_port=args.grpc_port, rest_port=args.rest_port,
                             max_request_bytes=args.max_request_bytes,
                             max_concurrency=args.max_concurrency, grpc_threads=args.grpc_threads,
-                            grace_s=args.grace_seconds, warmup=not args.no_warmup)
+                            grace_s=args.grace_seconds, warmup=not args.no_warmup,
+                            poll_seconds=args.file_system_poll_wait_seconds)
     server = ModelServer.from_config(args.model_config, options).start()
     # One machine-readable line so scripts (bench, tests) can find the ports.
     print(f"READY grpc={server.grpc_port} rest={server.rest_port}", flush=True)

@@ -152,15 +152,39 @@ def parse_batching_parameters(path: str):
 
 @dataclasses.dataclass(frozen=True)
 class ServedModel:
-    """One model in `models.config`: its versions and the label pointing at each."""
+    """One model in `models.config`: its version policy and the label pointing at each version.
+
+    `policy` is TF Serving's `model_version_policy`: "specific" serves exactly `versions`
+    (plus labelled ones); "latest" serves the `num_versions` highest versions found under
+    `base_path` (TF Serving's default when no policy is given); "all" serves every version
+    found there. With "latest"/"all", new versions are picked up by polling the file system.
+    """
 
     name: str
     base_path: str
     labels: Mapping[str, int]  # version label -> version number
     versions: tuple[int, ...] = ()
+    policy: str = "specific"
+    num_versions: int = 1
 
     def all_versions(self) -> tuple[int, ...]:
         return tuple(sorted(set(self.versions) | set(self.labels.values())))
+
+    def versions_to_serve(self, on_disk: Sequence[int]) -> tuple[int, ...]:
+        """The versions the policy wants, given the complete versions under base_path."""
+        if self.policy == "specific":
+            return self.all_versions()
+        found = sorted(set(on_disk))
+        return tuple(found[-self.num_versions:] if self.policy == "latest" else found)
+
+
+def versions_on_disk(base_path: str) -> list[int]:
+    """Version directories under `base_path` that hold a SavedModel (`<n>/saved_model.pb`)."""
+    if not os.path.isdir(base_path):
+        return []
+    return sorted(int(d) for d in os.listdir(base_path)
+                  if d.isdigit() and int(d) > 0
+                  and os.path.isfile(os.path.join(base_path, d, "saved_model.pb")))
 
 
 def build_model_server_config(models: Sequence[ServedModel]):
@@ -227,17 +251,24 @@ def parse_models_config(path: str) -> list[ServedModel]:
             raise ValueError(f"{where}: {err}") from err
         if entry.model_platform not in ("", "tensorflow"):
             raise ValueError(f"{where}: model_platform {entry.model_platform!r} is not 'tensorflow'")
-        policy = entry.model_version_policy.WhichOneof("policy_choice")
-        if policy != "specific":
-            raise ValueError(f"{where} ({entry.name}): version policy must be 'specific', got {policy!r}")
-        versions = tuple(int(v) for v in entry.model_version_policy.specific.versions)
-        for label, version in entry.version_labels.items():
-            if version not in versions:
-                raise ValueError(f"{where} ({entry.name}): label {label!r} -> version {version} "
-                                 f"which is not in the specific versions {list(versions)}")
+        policy = entry.model_version_policy.WhichOneof("policy_choice") or "latest"
+        versions: tuple[int, ...] = ()
+        num_versions = 1
+        if policy == "specific":
+            versions = tuple(int(v) for v in entry.model_version_policy.specific.versions)
+            for label, version in entry.version_labels.items():
+                if version not in versions:
+                    raise ValueError(f"{where} ({entry.name}): label {label!r} -> version {version} "
+                                     f"which is not in the specific versions {list(versions)}")
+        elif policy == "latest":
+            # As in TF Serving, an unset num_versions means 1.
+            num_versions = int(entry.model_version_policy.latest.num_versions) or 1
+        elif policy != "all":
+            raise ValueError(f"{where} ({entry.name}): unknown version policy {policy!r}")
         base = entry.base_path if os.path.isabs(entry.base_path) else os.path.join(root, entry.base_path)
         out.append(ServedModel(name=entry.name, base_path=os.path.normpath(base),
-                               labels=dict(entry.version_labels), versions=versions))
+                               labels=dict(entry.version_labels), versions=versions,
+                               policy=policy, num_versions=num_versions))
     names = [m.name for m in out]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: duplicate model names {names}")

@@ -119,28 +119,86 @@ def _load_version(model_name: str, version: int, path: str) -> LoadedVersion:
 
 
 class ModelRegistry:
-    """The loaded servables of a `models.config`; immutable after `load`."""
+    """The loaded servables of a `models.config`.
+
+    `versions` (model -> version -> LoadedVersion) is replaced as a whole, never mutated,
+    so a request that read it sees one consistent set while `refresh` loads new versions
+    of "latest"/"all" models in the background.
+    """
 
     def __init__(self, models: list[serving_config.ServedModel],
-                 versions: dict[str, dict[int, LoadedVersion]]):
+                 versions: dict[str, dict[int, LoadedVersion]], warmup: bool = True):
         self.models = {m.name: m for m in models}
         self.versions = versions
+        self.warmup = warmup
+        self._refresh_lock = threading.Lock()
+        self.load_failures: dict[str, str] = {}  # "model/version" -> last load error
+
+    def _load(self, model: serving_config.ServedModel, version: int) -> LoadedVersion:
+        path = os.path.join(model.base_path, str(version))
+        loaded = _load_version(model.name, version, path)
+        if self.warmup:
+            loaded.warmup_requests = _run_warmup(loaded)
+        log.info("loaded %s version %d from %s in %.2fs (%d warm-up requests)",
+                 model.name, version, path, loaded.load_seconds, loaded.warmup_requests)
+        return loaded
 
     @classmethod
     def load(cls, models_config_path: str, warmup: bool = True) -> ModelRegistry:
         models = serving_config.parse_models_config(models_config_path)
+        registry = cls(models, {}, warmup)
         versions: dict[str, dict[int, LoadedVersion]] = {}
         for model in models:
-            versions[model.name] = {}
-            for v in model.all_versions():
-                path = os.path.join(model.base_path, str(v))
-                loaded = _load_version(model.name, v, path)
-                if warmup:
-                    loaded.warmup_requests = _run_warmup(loaded)
-                versions[model.name][v] = loaded
-                log.info("loaded %s version %d from %s in %.2fs (%d warm-up requests)",
-                         model.name, v, path, loaded.load_seconds, loaded.warmup_requests)
-        return cls(models, versions)
+            wanted = model.versions_to_serve(serving_config.versions_on_disk(model.base_path))
+            if not wanted:
+                raise ValueError(f"{models_config_path}: model {model.name!r} ({model.policy} policy) "
+                                 f"has no version with a saved_model.pb under {model.base_path}")
+            versions[model.name] = {v: registry._load(model, v) for v in wanted}
+            for label, v in model.labels.items():
+                if v not in versions[model.name]:
+                    raise ValueError(f"{models_config_path}: model {model.name!r} label {label!r} -> "
+                                     f"version {v}, which the {model.policy} policy does not serve "
+                                     f"(serving {sorted(versions[model.name])})")
+        registry.versions = versions
+        return registry
+
+    def refresh(self) -> dict[str, dict[str, list[int]]]:
+        """Rescans the base paths of "latest"/"all" models: loads new versions, unloads
+        versions the policy no longer wants. A version that fails to load (e.g. still being
+        copied) is skipped and retried on the next call; a model is never left with no
+        version. Returns {model: {"loaded": [...], "unloaded": [...]}} for what changed."""
+        changes: dict[str, dict[str, list[int]]] = {}
+        with self._refresh_lock:
+            current = self.versions
+            updated = dict(current)
+            for name, model in self.models.items():
+                if model.policy == "specific":
+                    continue
+                wanted = model.versions_to_serve(serving_config.versions_on_disk(model.base_path))
+                serving = dict(current[name])
+                fresh = {}
+                for v in wanted:
+                    if v in serving:
+                        continue
+                    try:
+                        fresh[v] = self._load(model, v)
+                        self.load_failures.pop(f"{name}/{v}", None)
+                    except Exception as err:  # noqa: BLE001 - keep serving what works
+                        self.load_failures[f"{name}/{v}"] = str(err)
+                        log.warning("could not load %s version %d (retrying on the next poll): %s",
+                                    name, v, err)
+                new = {v: fresh.get(v) or serving[v] for v in wanted if v in fresh or v in serving}
+                if not new:  # nothing loadable: keep what is served rather than serve nothing
+                    continue
+                dropped = sorted(set(serving) - set(new))
+                if fresh or dropped:
+                    updated[name] = new
+                    changes[name] = {"loaded": sorted(fresh), "unloaded": dropped}
+                    for v in dropped:
+                        log.info("unloaded %s version %d", name, v)
+            if changes:
+                self.versions = updated
+        return changes
 
     def resolve(self, name: str, version: int | None = None,
                 label: str | None = None) -> LoadedVersion:
@@ -159,7 +217,7 @@ class ModelRegistry:
                 raise ServingError("INVALID_ARGUMENT",
                                    f"Unrecognized servable version label: {label}")
             version = self.models[name].labels[label]
-        available = self.versions[name]
+        available = self.versions[name]  # one snapshot: refresh swaps the dict, never edits it
         if version is None:
             version = max(available)
         if version not in available:
@@ -368,6 +426,9 @@ class ServerOptions:
     grpc_threads: int = 8
     grace_s: float = 5.0
     warmup: bool = True
+    # How often "latest"/"all" models' base paths are rescanned for new versions (TF
+    # Serving's --file_system_poll_wait_seconds, same default); 0 = never.
+    poll_seconds: float = 1.0
 
 
 class ModelServer:
@@ -386,6 +447,8 @@ class ModelServer:
         self.grpc_port = None
         self.rest_port = None
         self.stats = {"requests": 0, "errors": 0}
+        self._poll_stop = threading.Event()
+        self._poll_thread = None
 
     @classmethod
     def from_config(cls, models_config_path: str, options: ServerOptions | None = None):
@@ -426,7 +489,8 @@ class ModelServer:
             chosen = [self.registry.resolve(name, version, label)]
         else:
             self.registry.resolve(name)
-            chosen = [self.registry.versions[name][v] for v in sorted(self.registry.versions[name])]
+            served = self.registry.versions[name]
+            chosen = [served[v] for v in sorted(served)]
         for loaded in chosen:
             status = response.model_version_status.add()
             status.version = loaded.version
@@ -490,12 +554,29 @@ class ModelServer:
             self._http_thread.start()
         log.info("serving gRPC on %s:%s, REST on %s:%s", opts.host, self.grpc_port,
                  opts.host, self.rest_port)
+        polled = [m.name for m in self.registry.models.values() if m.policy != "specific"]
+        if opts.poll_seconds > 0 and polled:
+            self._poll_thread = threading.Thread(target=self._poll, name="matta-version-poll",
+                                                 daemon=True)
+            self._poll_thread.start()
+            log.info("polling %s for new versions every %.1fs", ", ".join(polled), opts.poll_seconds)
         return self
+
+    def _poll(self):
+        while not self._poll_stop.wait(self.options.poll_seconds):
+            try:
+                self.registry.refresh()
+            except Exception:  # noqa: BLE001 - a bad scan must not kill the poller
+                log.exception("version poll failed")
 
     def stop(self, grace: float | None = None):
         """Graceful shutdown: refuse new requests, finish in-flight ones, close sockets."""
         grace = self.options.grace_s if grace is None else grace
         self._draining.set()
+        self._poll_stop.set()
+        if self._poll_thread is not None:
+            self._poll_thread.join()
+            self._poll_thread = None
         deadline = time.monotonic() + grace
         with self._inflight_cv:
             while self._inflight > 0 and time.monotonic() < deadline:

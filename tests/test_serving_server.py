@@ -431,3 +431,68 @@ def test_cli_serving_config_then_matta_serve_subprocess(deployment, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+# ------------------------------------------------------------------------------ version policies
+
+def _served_versions(client, name):
+    return sorted(int(s["version"]) for s in client.model_status(name))
+
+
+def test_latest_policy_polls_new_versions_and_keeps_serving(deployment, in_process_scores, tmp_path):
+    """A models.config with TF Serving's default policy (latest 1), as for the Pusher's
+    per-arm output: a newly pushed version is loaded by the poller and the old one
+    unloaded; a half-copied or broken version is skipped and never takes traffic."""
+    import shutil
+    import time
+
+    from serving import config as sc
+    from serving.client import GrpcClient
+    from serving.server import ModelRegistry, ModelServer, ServerOptions
+
+    base = tmp_path / "pushed"
+    shutil.copytree(deployment["arms"]["student"], base / "1")
+    cfg = tmp_path / "models.config"
+    cfg.write_text(f'model_config_list {{ config {{ name: "pushed" base_path: "{base}" '
+                   'model_platform: "tensorflow" } }')
+    (model,) = sc.parse_models_config(str(cfg))
+    assert (model.policy, model.num_versions) == ("latest", 1)
+
+    def scores(client):
+        return np.asarray(client.predict_examples("pushed", deployment["examples"])["logit"])
+
+    srv = ModelServer.from_config(str(cfg), ServerOptions(grpc_port=0, rest_port=-1,
+                                                          poll_seconds=0.2)).start()
+    try:
+        with GrpcClient(f"127.0.0.1:{srv.grpc_port}") as client:
+            assert _served_versions(client, "pushed") == [1]
+            np.testing.assert_array_equal(scores(client).astype(np.float32),
+                                          in_process_scores["student"]["logit"])
+            (base / "2").mkdir()  # a push in progress: no saved_model.pb yet
+            (base / "7").mkdir()
+            (base / "7" / "saved_model.pb").write_bytes(b"not a SavedModel")  # broken push
+            deadline = time.monotonic() + 30
+            while "pushed/7" not in srv.registry.load_failures and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert "pushed/7" in srv.registry.load_failures  # tried, failed, counted
+            assert _served_versions(client, "pushed") == [1]  # and never served
+            shutil.rmtree(base / "7")
+            shutil.copytree(deployment["arms"]["ta"], base / "3")
+            deadline = time.monotonic() + 60
+            while _served_versions(client, "pushed") != [3] and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert _served_versions(client, "pushed") == [3]
+            np.testing.assert_array_equal(scores(client).astype(np.float32),
+                                          in_process_scores["ta"]["logit"])
+    finally:
+        srv.stop()
+    # "all" serves every complete version; "latest 2" the two highest.
+    for policy, want in (("all {}", [1, 3]), ("latest { num_versions: 2 }", [1, 3])):
+        cfg.write_text(f'model_config_list {{ config {{ name: "pushed" base_path: "{base}" '
+                       f'model_version_policy {{ {policy} }} }} }}')
+        assert sorted(ModelRegistry.load(str(cfg), warmup=False).versions["pushed"]) == want
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cfg.write_text(f'model_config_list {{ config {{ name: "none" base_path: "{empty}" }} }}')
+    with pytest.raises(ValueError, match="has no version with a saved_model.pb"):
+        ModelRegistry.load(str(cfg))
