@@ -11,33 +11,22 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
-import threading
-import time
 
-from serving.ab import EventLog
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.timing import closed_loop  # noqa: E402  (needs the repository on the path)
+from serving.ab import EventLog  # noqa: E402
 
 
 def measure(directory: str, threads: int, seconds: float) -> dict:
     path = os.path.join(directory, f"events-{threads}.jsonl")
     if os.path.exists(path):
         os.remove(path)
-    stop = time.monotonic() + seconds
-    counts = [0] * threads
     with EventLog(path) as log:
-        def worker(t):
-            while time.monotonic() < stop:
-                log.log({"type": "outcome", "request_id": f"{t}-{counts[t]}", "clicks": 1})
-                counts[t] += 1
-        t0 = time.monotonic()
-        pool = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
-        for th in pool:
-            th.start()
-        for th in pool:
-            th.join()
-        elapsed = time.monotonic() - t0
+        total, elapsed = closed_loop(
+            lambda t: log.log({"type": "outcome", "request_id": f"{t}", "clicks": 1}), threads, seconds)
         batches = log.batches_written
-    total = sum(counts)
     return {"threads": threads, "events_per_s": total / elapsed, "fsyncs": batches,
             "events_per_fsync": total / max(batches, 1)}
 

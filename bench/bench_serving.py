@@ -25,7 +25,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import numpy as np
@@ -34,6 +33,8 @@ import matta_tf  # noqa: F401  (before TensorFlow)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from bench.timing import closed_loop  # noqa: E402  (needs REPO on the path)
+
 BATCH_SIZES = (1, 64, 512)
 
 
@@ -105,26 +106,13 @@ def measure(client, label, batch, seconds, max_calls, threads):
         t0 = time.perf_counter()
         client.predict_examples("ranker", batch, label=label)
         latencies.append((time.perf_counter() - t0) * 1000.0)
-    counts = [0] * threads
-
-    def worker(i):
-        stop = time.monotonic() + seconds
-        while time.monotonic() < stop:
-            client.predict_examples("ranker", batch, label=label)
-            counts[i] += 1
-
-    t0 = time.perf_counter()
-    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    elapsed = time.perf_counter() - t0
+    calls, elapsed = closed_loop(lambda _: client.predict_examples("ranker", batch, label=label),
+                                 threads, seconds)
     lat = np.asarray(latencies)
     return {"calls": int(lat.size), "p50_ms": float(np.percentile(lat, 50)),
             "p99_ms": float(np.percentile(lat, 99)), "mean_ms": float(lat.mean()),
             "sequential_examples_per_s": float(len(batch) * lat.size / (lat.sum() / 1000.0)),
-            "concurrent_examples_per_s": float(len(batch) * sum(counts) / elapsed),
+            "concurrent_examples_per_s": float(len(batch) * calls / elapsed),
             "concurrent_threads": threads}
 
 
