@@ -1,10 +1,10 @@
 """Experiment analysis for `matta ab report`: CTR, lift, tests, SRM, latency, cost.
 
-Unit of analysis: one exposure = one ranked list shown for one request. Its outcome is
-`clicked` (1 if any item was clicked), and CTR = clicked exposures / exposures.
-(Item-level clicks per exposure are reported too, without a test: several clicks in one
-list are not independent.) Exposures stay with the *assigned* arm even when a fallback
-served them (intention-to-treat).
+Two metrics per arm: CTR = exposures (ranked lists shown) with at least one click /
+exposures, and item CTR = item clicks / items shown, which also rewards putting more
+relevant items where they are seen. Several clicks in one list, like several lists of
+one user, are not independent; the per-unit variance below covers both. Exposures stay
+with the *assigned* arm even when a fallback served them (intention-to-treat).
 
 Randomisation is by unit (`unit_id`, e.g. a user: sticky assignment), and one unit
 usually sees several exposures, whose outcomes are correlated. Treating the exposures as
@@ -17,7 +17,8 @@ with c_u clicked exposures and n_u exposures of unit u among N units, p = sum c 
 
 expressed as a design effect deff = Var(p) / (p (1 - p) / sum n) (Kish): deff = 1 exactly
 when every unit has one exposure, and the formulas below reduce to the textbook binomial
-ones. With p_t = c_t / n_t (treatment), p_c = c_c / n_c (control):
+ones. With p_t = c_t / n_t (treatment), p_c = c_c / n_c (control) - exposures for CTR,
+items for item CTR:
 
 * relative lift  L = p_t / p_c - 1.
 * 95% CI for L: delta method on the log ratio (Katz et al. 1978),
@@ -157,18 +158,23 @@ def summarize(events: Sequence[Mapping[str, Any]], arms: Sequence[str], control:
         clicked = sum(int(o.get("clicked", 0)) for o in out)
         item_clicks = sum(int(o.get("clicks", 0)) for o in out)
         items = sum(int(e.get("n_items", 0)) for e in exp)
-        by_unit: dict[str, list[int]] = {}  # unit -> [clicked exposures, exposures]
+        # unit -> [clicked exposures, exposures, item clicks, items shown]
+        by_unit: dict[str, list[int]] = {}
         for e in exp:
             o = outcomes.get(e["request_id"], {})
-            tally = by_unit.setdefault(str(e.get("unit_id") or "request:" + str(e["request_id"])), [0, 0])
+            tally = by_unit.setdefault(str(e.get("unit_id") or "request:" + str(e["request_id"])),
+                                       [0, 0, 0, 0])
             tally[0] += int(o.get("clicked", 0))
             tally[1] += 1
-        units = np.array(list(by_unit.values()), dtype=np.float64).reshape(-1, 2)
+            tally[2] += int(o.get("clicks", 0))
+            tally[3] += int(e.get("n_items", 0))
+        units = np.array(list(by_unit.values()), dtype=np.float64).reshape(-1, 4)
         per_arm[arm] = {
             "exposures": n, "units": len(by_unit), "clicked_exposures": clicked, "ctr": ctr(clicked, n),
             "design_effect": design_effect(units[:, 0], units[:, 1]),
             "item_clicks": item_clicks, "items_shown": items,
             "item_ctr": ctr(item_clicks, items),
+            "item_design_effect": design_effect(units[:, 2], units[:, 3]),
             "fallbacks": sum(1 for e in exp if e.get("fallback")),
             "missing_outcomes": n - len(out),
             "latency_ms": latency_percentiles([float(e["latency_ms"]) for e in exp]),
@@ -186,6 +192,12 @@ def summarize(events: Sequence[Mapping[str, Any]], arms: Sequence[str], control:
         z, p = two_proportion_z_test(*counts, **deffs)
         t["vs_control"] = {"lift": lift, "ci95_low": low, "ci95_high": high, "z": z,
                            "p_value": p}
+        counts = (t["item_clicks"], t["items_shown"], c["item_clicks"], c["items_shown"])
+        deffs = {"deff_t": t["item_design_effect"], "deff_c": c["item_design_effect"]}
+        lift, low, high = relative_lift_ci(*counts, **deffs)
+        z, p = two_proportion_z_test(*counts, **deffs)
+        t["vs_control"]["item"] = {"lift": lift, "ci95_low": low, "ci95_high": high, "z": z,
+                                   "p_value": p}
     return {
         "control": control,
         "arms": per_arm,
@@ -263,14 +275,19 @@ def render_html(report: Mapping, title: str = "A/B experiment report") -> str:
     rows = []
     for arm, m in report["arms"].items():
         vc = m.get("vs_control", {})
-        ci = (f"[{_fmt(vc.get('ci95_low'), True)}, {_fmt(vc.get('ci95_high'), True)}]"
-              if vc else "control")
+        vci = vc.get("item", {})
+
+        def ci(v):
+            return f"[{_fmt(v.get('ci95_low'), True)}, {_fmt(v.get('ci95_high'), True)}]" if v else "control"
+
         rows.append(
             "<tr>" + "".join(f"<td>{c}</td>" for c in [
                 html.escape(arm), m["units"], m["exposures"], m["clicked_exposures"], _fmt(m["ctr"], True),
                 _fmt(m["design_effect"]),
-                _fmt(vc.get("lift"), True) if vc else "-", ci,
-                _fmt(vc.get("p_value")) if vc else "-", m["fallbacks"],
+                _fmt(vc.get("lift"), True) if vc else "-", ci(vc),
+                _fmt(vc.get("p_value")) if vc else "-",
+                _fmt(m["item_ctr"], True), _fmt(vci.get("lift"), True) if vci else "-", ci(vci),
+                _fmt(vci.get("p_value")) if vci else "-", m["fallbacks"],
                 _fmt(m["latency_ms"]["p50"]), _fmt(m["latency_ms"]["p95"]),
                 _fmt(m["latency_ms"]["p99"]), _fmt(m["model"].get("params")),
                 _fmt(m["offline"].get("auc"))]) + "</tr>")
@@ -279,7 +296,8 @@ def render_html(report: Mapping, title: str = "A/B experiment report") -> str:
                 f"({'SAMPLE RATIO MISMATCH: do not trust the comparison' if srm['mismatch'] else 'no mismatch at p < 0.001'})")
     images = "".join(f'<p><img alt="{k}" src="data:image/png;base64,{v}"/></p>'
                      for k, v in charts.items())
-    head = ["arm", "units", "exposures", "clicked", "CTR", "design effect", "lift", "95% CI", "p-value", "fallbacks",
+    head = ["arm", "units", "exposures", "clicked", "CTR", "design effect", "lift", "95% CI", "p-value",
+            "item CTR", "item lift", "item 95% CI", "item p-value", "fallbacks",
             "p50 ms", "p95 ms", "p99 ms", "params", "offline AUC"]
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>

@@ -162,17 +162,22 @@ def build_report(experiment_path: str, events_path: str, models_config: str | No
 
 
 def print_report(report: dict) -> None:
-    """The per-arm table `matta ab report` prints."""
-    print(f"{'arm':<12}{'units':>7}{'exposures':>10}{'CTR':>9}{'deff':>6}{'lift':>9}{'95% CI':>20}"
-          f"{'p':>8}{'p50ms':>8}{'p99ms':>8}")
+    """The per-arm table `matta ab report` prints (CTR per list, then per item)."""
+    def lift_ci_p(v):
+        if not v:
+            return "control", "", ""
+        return (f"{v['lift'] * 100:+.1f}%", f"[{v['ci95_low'] * 100:+.1f},{v['ci95_high'] * 100:+.1f}]%",
+                f"{v['p_value']:.3f}")
+
+    print(f"{'arm':<10}{'units':>6}{'lists':>7}{'CTR':>8}{'lift':>8}{'95% CI':>16}{'p':>7}"
+          f"{'itemCTR':>9}{'lift':>8}{'95% CI':>16}{'p':>7}{'p50ms':>7}{'p99ms':>7}")
     for arm, m in report["arms"].items():
         vc = m.get("vs_control")
-        lift = f"{vc['lift'] * 100:+.1f}%" if vc else "control"
-        ci = (f"[{vc['ci95_low'] * 100:+.1f},{vc['ci95_high'] * 100:+.1f}]%" if vc else "")
-        p = f"{vc['p_value']:.3f}" if vc else ""
-        print(f"{arm:<12}{m['units']:>7}{m['exposures']:>10}{m['ctr'] * 100:>8.2f}%"
-              f"{m['design_effect']:>6.2f}{lift:>9}{ci:>20}{p:>8}"
-              f"{m['latency_ms']['p50']:>8.2f}{m['latency_ms']['p99']:>8.2f}")
+        lift, ci, p = lift_ci_p(vc)
+        ilift, ici, ip = lift_ci_p(vc["item"] if vc else None)
+        print(f"{arm:<10}{m['units']:>6}{m['exposures']:>7}{m['ctr'] * 100:>7.2f}%{lift:>8}{ci:>16}{p:>7}"
+              f"{m['item_ctr'] * 100:>8.2f}%{ilift:>8}{ici:>16}{ip:>7}"
+              f"{m['latency_ms']['p50']:>7.2f}{m['latency_ms']['p99']:>7.2f}")
     srm = report["srm"]
     print(f"SRM (units) chi2={srm['chi2']:.3f} p={srm['p_value']:.4f}"
           + ("  <-- SAMPLE RATIO MISMATCH" if srm["mismatch"] else ""))

@@ -275,3 +275,23 @@ def test_srm_counts_units_and_intervals_widen_for_repeated_units():
     # The same clicks scored per exposure, as if independent, give a narrower interval.
     naive = analysis.relative_lift_ci(210, 600, 60, 200)
     assert vc["ci95_high"] - vc["ci95_low"] > naive[2] - naive[1]
+
+
+def test_item_ctr_lift_accounts_for_clicks_within_a_list():
+    """Item CTR: each list shows 5 items and a clicked list has 2 item clicks, so item
+    outcomes are correlated within a list. Closed form of the design effect for a fraction
+    q of clicked lists: deff = 10 (1 - q) / (5 - 2 q)."""
+    table = {"ta": (2000, 200), "student": (1000, 130)}
+    report = analysis.summarize(_events_for_table(table), ["ta", "student"], "ta",
+                                {"ta": 2 / 3, "student": 1 / 3})
+    s, t = report["arms"]["student"], report["arms"]["ta"]
+    assert s["item_ctr"] == pytest.approx(260 / 5000)
+    assert s["item_design_effect"] == pytest.approx(10 * 0.87 / (5 - 0.26), rel=1e-12)
+    assert t["item_design_effect"] == pytest.approx(10 * 0.9 / (5 - 0.2), rel=1e-12)
+    item = s["vs_control"]["item"]
+    deffs = {"deff_t": 10 * 0.87 / 4.74, "deff_c": 10 * 0.9 / 4.8}
+    assert (item["lift"], item["ci95_low"], item["ci95_high"]) == pytest.approx(
+        analysis.relative_lift_ci(260, 5000, 400, 10000, **deffs), rel=1e-9)
+    assert item["p_value"] == pytest.approx(
+        analysis.two_proportion_z_test(260, 5000, 400, 10000, **deffs)[1], rel=1e-9)
+    assert item["lift"] == pytest.approx(0.3)
