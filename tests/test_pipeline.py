@@ -166,6 +166,23 @@ def test_demo_ab_replay_serves_the_pipeline_students(runs, tmp_path):
     assert "--model-config " + summary["models_config"] in report["rerun_command"]
 
 
+def test_cli_pipeline_run_prints_the_student_table(runs, tmp_path, capsys):
+    """`matta pipeline run --config FILE` on the already-run pipeline: every component is a
+    cache hit, and the run ends with the students read back from MLMD."""
+    import yaml
+
+    from matta_tf.cli import main
+    from pipelines.demo import format_summary, summarize
+
+    cfg, *_ = runs
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    assert main(["pipeline", "run", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"pipeline {cfg.name} finished" in out
+    assert format_summary(summarize(cfg), cfg.serving_dir) in out
+
+
 def test_second_run_is_all_cache_hits(runs):
     from ml_metadata.proto import metadata_store_pb2
 
