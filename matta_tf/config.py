@@ -304,7 +304,10 @@ class LossWeights:
 
     L = student*BCE(s, y) + ta*BCE(t, y) + teacher*[KD(T->s) + KD(T->t)]
         + ta_to_student*ramp(step)*KD(sg(t)->s)
-        + mixnmatch*[BCE(m, y) + KD(T->m) + ramp(step)*KD(sg(t)->m)]   (sampled submodel m)
+        + mixnmatch*[BCE(m, y) + KD(T->m) + ramp(step)*KD(sg(t)->m)]
+
+    where m is one sampled Mix'n'Match submodel (`mixnmatch_training="sampled"`) or the
+    bracket is summed over every trained `mix_k` (`mixnmatch_training="all"`).
     """
 
     student: float = 1.0
@@ -322,6 +325,9 @@ class LossWeights:
 
 # --------------------------------------------------------------------------- ranker
 
+MIXNMATCH_TRAINING = ("sampled", "all")
+SIZE_HEADS = ("shared", "own", "affine")
+
 
 @dataclass(frozen=True)
 class RankerConfig:
@@ -330,8 +336,30 @@ class RankerConfig:
     `ta` is explicit or derived from `student` by `ta_expansion` (exactly one may be
     given; neither means the default 2x expansion). `temperature` T softens teacher
     targets (KD uses sigmoid(z/T), scaled by T^2); `warmup_steps` is the length of the
-    linear 0 -> loss_weights.ta_to_student ramp. `mixnmatch_train_specs` > 0 samples one
-    of that many intermediate specs per training step (slimmable/MatFormer style).
+    linear 0 -> loss_weights.ta_to_student ramp.
+
+    Mix'n'Match training: `mixnmatch_train_specs` = n > 0 trains the intermediate specs
+    `mixnmatch_specs(n)` (`mix_1..mix_n`; export the same n so every exported size is
+    trained). `mixnmatch_training` says how:
+
+    * ``"sampled"`` (default): one of them, chosen at random, per step (slimmable /
+      MatFormer style), with weight `loss_weights.mixnmatch`;
+    * ``"all"``: every one of them every step, each with its own BCE + teacher-KD +
+      ramped TA-KD terms at weight `loss_weights.mixnmatch` (the encoding is shared, so
+      the extra cost is one cross/MLP forward and backward per size).
+
+    `size_heads` chooses the logit head of each *trained* size (Student, `mix_k`, TA):
+
+    * ``"shared"`` (default): one head; a size reads the leading rows of its kernel;
+    * ``"own"``: the Student and every trained `mix_k` get their own unshared head
+      (kernel over the size's last hidden width + bias); the TA and any other spec use
+      the shared head;
+    * ``"affine"``: the shared head, then a per-size scale and bias
+      (logit = a_size * head(h) + b_size, a = 1, b = 0 at init; other specs: a=1, b=0).
+
+    Either way `matta_tf.extract.extract` gives the extracted model the size's own head
+    (for ``"affine"`` folded into the kernel and bias), so extraction stays exact and
+    the standalone model has the same architecture and parameter count.
     """
 
     features: FeatureSpec
@@ -343,6 +371,8 @@ class RankerConfig:
     warmup_steps: int = 1000
     cross_diag_scale: float = 0.0
     mixnmatch_train_specs: int = 0
+    mixnmatch_training: str = "sampled"
+    size_heads: str = "shared"
     seed: int = 0
 
     def __post_init__(self):
@@ -359,6 +389,11 @@ class RankerConfig:
             raise ValueError(f"cross_diag_scale must be >= 0, got {self.cross_diag_scale!r}")
         if not isinstance(self.mixnmatch_train_specs, int) or self.mixnmatch_train_specs < 0:
             raise ValueError(f"mixnmatch_train_specs must be an int >= 0, got {self.mixnmatch_train_specs!r}")
+        if self.mixnmatch_training not in MIXNMATCH_TRAINING:
+            raise ValueError(f"mixnmatch_training must be one of {list(MIXNMATCH_TRAINING)}, "
+                             f"got {self.mixnmatch_training!r}")
+        if self.size_heads not in SIZE_HEADS:
+            raise ValueError(f"size_heads must be one of {list(SIZE_HEADS)}, got {self.size_heads!r}")
         if self.student.low_rank != self.ta.low_rank and self.student.cross_layers and self.ta.cross_layers:
             raise ValueError("student and ta must both use full-rank (no cross_ranks) or both low-rank cross layers")
         if self.student.cross_layers and not self.ta.low_rank and self.student.low_rank:
@@ -447,6 +482,11 @@ class RankerConfig:
                 out[f"mix_{len(out) + 1}"] = spec
         return out
 
+    def trained_specs(self) -> dict[str, SubmodelSpec]:
+        """The named sizes training optimises: `student`, the `mix_k` of
+        `mixnmatch_specs(mixnmatch_train_specs)`, `ta` (the sizes `size_heads` applies to)."""
+        return {"student": self.student, **self.mixnmatch_specs(self.mixnmatch_train_specs), "ta": self.ta}
+
     # ---- (de)serialisation
     @classmethod
     def from_dict(cls, data: dict) -> RankerConfig:
@@ -478,6 +518,8 @@ class RankerConfig:
             "warmup_steps": self.warmup_steps,
             "cross_diag_scale": self.cross_diag_scale,
             "mixnmatch_train_specs": self.mixnmatch_train_specs,
+            "mixnmatch_training": self.mixnmatch_training,
+            "size_heads": self.size_heads,
             "seed": self.seed,
         }
 
@@ -516,3 +558,78 @@ def _read_if_path(path_or_text: str) -> str:
     if "\n" not in path_or_text and path_or_text.endswith((".yaml", ".yml", ".json")):
         raise ValueError(f"ranker config file {path_or_text!r} does not exist")
     return path_or_text
+
+
+# --------------------------------------------------------------------------- fitted features
+
+DEFAULT_MIN_COUNT = 2
+
+
+def feature_spec_from_table(table, numeric, categorical, min_count: int = DEFAULT_MIN_COUNT,
+                            max_vocabulary: int | None = None, oov_buckets: int = 1,
+                            log1p: bool = True, log=None) -> FeatureSpec:
+    """A `FeatureSpec` fitted on `table` (a pyarrow Table: pass the *train* split only).
+
+    * categorical: an exact vocabulary of the values seen at least `min_count` times
+      (default 2: a value seen once gets no row of its own, it shares the OOV row with
+      unseen and missing values, which is then trained on rare values - what unseen values
+      at serving time resemble), most frequent first, plus `oov_buckets` OOV rows. Only a
+      feature whose vocabulary would exceed `max_vocabulary` (None = no cap) is hashed, into
+      `max_vocabulary` buckets, so no table is larger than the cap; `log` says so.
+    * numeric: `sign(v) log1p(|v|)` (if `log1p`) normalised by its train mean / std; a
+      missing value is filled with the raw value that normalises to 0.
+
+    Values are compared by their string form (as the model looks them up); null and ""
+    are missing. `log` (e.g. `print`) receives one line per hashed feature and a summary.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
+        raise ValueError(f"min_count must be an int >= 1, got {min_count!r}")
+    if max_vocabulary is not None:
+        _positive_int(max_vocabulary, "max_vocabulary")
+    nums = []
+    for name in numeric:
+        v = table.column(name).cast(pa.float64()).to_numpy(zero_copy_only=False)
+        v = v[np.isfinite(v)]
+        if log1p:
+            v = np.sign(v) * np.log1p(np.abs(v))
+        mean = float(v.mean()) if v.size else 0.0
+        std = float(v.std()) if v.size else 1.0
+        std = std if std > 0 and math.isfinite(std) else 1.0
+        # sign(f) log1p(|f|) == mean for f = sign(mean) expm1(|mean|): missing -> 0 after normalising.
+        fill = math.copysign(math.expm1(abs(mean)), mean) if log1p else mean
+        nums.append(NumericFeature(name, mean=mean, std=std, log1p=log1p, fill_value=float(fill)))
+    cats, sizes, hashed = [], [], []
+    for name in categorical:
+        column = table.column(name)
+        if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
+            column = column.cast(pa.string())
+        counts = pc.value_counts(column.combine_chunks() if hasattr(column, "combine_chunks") else column)
+        values = counts.field("values").to_pylist()
+        freq = counts.field("counts").to_pylist()
+        kept = sorted(((-c, v) for v, c in zip(values, freq, strict=True)
+                       if v is not None and v != "" and c >= min_count))
+        vocab = tuple(v for _, v in kept)
+        if max_vocabulary is not None and len(vocab) > max_vocabulary:
+            cats.append(CategoricalFeature(name, hash_buckets=max_vocabulary))
+            hashed.append(name)
+            if log:
+                log(f"features: {name} has {len(vocab):,} values seen >= {min_count}x, above "
+                    f"max_vocabulary {max_vocabulary:,}: hashed into {max_vocabulary:,} buckets")
+        elif vocab:
+            cats.append(CategoricalFeature(name, vocabulary=vocab, oov_buckets=oov_buckets))
+            sizes.append(len(vocab))
+        else:  # nothing frequent enough: every value is OOV (one trainable row)
+            cats.append(CategoricalFeature(name, hash_buckets=max(1, oov_buckets)))
+            hashed.append(name)
+            if log:
+                log(f"features: {name} has no value seen >= {min_count}x: one shared bucket")
+    if log and categorical:
+        log(f"features: {len(sizes)} of {len(categorical)} categorical features with exact vocabularies "
+            f"(min_count {min_count}, {oov_buckets} OOV row(s); sizes {min(sizes, default=0):,}.."
+            f"{max(sizes, default=0):,}), {len(hashed)} hashed"
+            + (f" ({', '.join(hashed)})" if hashed else ""))
+    return FeatureSpec(numeric=tuple(nums), categorical=tuple(cats))

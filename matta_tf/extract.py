@@ -2,7 +2,8 @@
 
 `extract(model, spec)` builds a `StandaloneRanker` with the architecture of `spec` and
 copies the leading weight blocks (see `matta_tf.layers`); its logits equal
-`model.submodel(spec, features)`. `cost(config, spec)` counts its parameters and
+`model.submodel(spec, features)` - including a trained size's own head or calibration
+(`RankerConfig.size_heads`), which becomes the standalone model's head. `cost(config, spec)` counts its parameters and
 multiply-adds per example:
 
     embeddings      params  sum_i V_i * d                 madds 0 (lookups)
@@ -87,8 +88,16 @@ def extract(model: MatTARanker, spec: SubmodelSpec, name: str | None = None) -> 
         dst.kernel.assign(big.mlp[i].kernel[:width, :units])
         dst.bias.assign(big.mlp[i].bias[:units])
         width = units
-    net.head.kernel.assign(big.head.kernel[:width, :])
-    net.head.bias.assign(big.head.bias)
+    kind, layer = big.size_head(spec) or ("shared", None)
+    if kind == "own":  # the size's own, unshared head
+        net.head.kernel.assign(layer.kernel)
+        net.head.bias.assign(layer.bias)
+    elif kind == "affine":  # a * (h K + b) + c = h (a K) + (a b + c)
+        net.head.kernel.assign(layer.scale * big.head.kernel[:width, :])
+        net.head.bias.assign(layer.scale * big.head.bias + layer.bias)
+    else:
+        net.head.kernel.assign(big.head.kernel[:width, :])
+        net.head.bias.assign(big.head.bias)
     return small
 
 

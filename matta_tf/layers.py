@@ -297,3 +297,28 @@ class FeaturePreprocessor(tf.keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "features": self.features.to_dict()}
+
+
+@_serializable
+class LogitAffine(tf.keras.layers.Layer):
+    """Per-size output calibration of a logit: z' = scale * z + bias (scale 1, bias 0 at init).
+
+    Used by `RankerNetwork` with `size_heads="affine"`; a linear head followed by it is the
+    linear head with kernel `scale * K` and bias `scale * b + bias`, which is how
+    `matta_tf.extract` folds it into a standalone model.
+
+    Example:
+
+    ```python
+    calibrate = LogitAffine()
+    calibrate(logits)  # [B] -> [B]
+    ```
+    """
+
+    def build(self, input_shape=None):
+        self.scale = self.add_weight("scale", shape=(), initializer="ones")
+        self.bias = self.add_weight("bias", shape=(), initializer="zeros")
+        self.built = True
+
+    def call(self, logits):
+        return self.scale * logits + self.bias

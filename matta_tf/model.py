@@ -18,6 +18,11 @@ warm-up ramp 0 -> 1 and KD(z_t -> z) = T^2 * CE(sigmoid(z_t / T), sigmoid(z / T)
         + w_d r(step) KD(stop_gradient(t) -> s)
         + w_m [BCE(m, y) + KD(teacher -> m) + r(step) KD(stop_gradient(t) -> m)]
 
+where m is one sampled Mix'n'Match size (`mixnmatch_training="sampled"`) or the bracket
+is summed over every trained size `mix_k` (`"all"`). With `size_heads="own"` / `"affine"`
+each trained size reads its logit through its own head / calibration (see
+`RankerConfig`); the trunk stays nested.
+
 Teacher terms average over the rows that have a teacher logit only. The T^2 factor keeps
 the KD gradient scale independent of T (Hinton et al. 2015); at T = 1 it is plain CE.
 
@@ -39,7 +44,13 @@ import matta_tf  # noqa: F401
 import tensorflow as tf
 
 from matta_tf.config import FeatureSpec, RankerConfig, SubmodelSpec
-from matta_tf.layers import FeaturePreprocessor, NestedCross, NestedDense, NestedEmbedding
+from matta_tf.layers import (
+    FeaturePreprocessor,
+    LogitAffine,
+    NestedCross,
+    NestedDense,
+    NestedEmbedding,
+)
 
 _serializable = tf.keras.utils.register_keras_serializable(package="matta")
 
@@ -90,7 +101,12 @@ def warmup_ramp(step, warmup_steps: int):
 
 def matta_loss_terms(labels, student, ta, teacher, has_teacher, ramp, weights, temperature,
                      mixnmatch=None):
-    """All terms of the MatTA loss (unweighted means) and the weighted total `loss`."""
+    """All terms of the MatTA loss (unweighted means) and the weighted total `loss`.
+
+    `mixnmatch`: None, the logits of one sampled Mix'n'Match size (terms `mixnmatch_bce`,
+    `teacher_kd_mixnmatch`, `ta_kd_mixnmatch`), or a dict {name: logits} of sizes that
+    are all trained (terms `<name>_bce`, `teacher_kd_<name>`, `ta_kd_<name>` each, each
+    size weighted `weights.mixnmatch`; the `mixnmatch_*` terms are then their means)."""
     terms = {
         "student_bce": tf.reduce_mean(binary_cross_entropy(student, labels)),
         "ta_bce": tf.reduce_mean(binary_cross_entropy(ta, labels)),
@@ -101,7 +117,18 @@ def matta_loss_terms(labels, student, ta, teacher, has_teacher, ramp, weights, t
     total = (weights.student * terms["student_bce"] + weights.ta * terms["ta_bce"]
              + weights.teacher * (terms["teacher_kd_student"] + terms["teacher_kd_ta"])
              + weights.ta_to_student * ramp * terms["ta_kd_student"])
-    if mixnmatch is not None:
+    if isinstance(mixnmatch, dict):
+        for name, logits in mixnmatch.items():
+            terms[f"{name}_bce"] = tf.reduce_mean(binary_cross_entropy(logits, labels))
+            terms[f"teacher_kd_{name}"] = masked_mean(distillation_loss(logits, teacher, temperature), has_teacher)
+            terms[f"ta_kd_{name}"] = tf.reduce_mean(distillation_loss(logits, tf.stop_gradient(ta), temperature))
+            total += weights.mixnmatch * (terms[f"{name}_bce"] + terms[f"teacher_kd_{name}"]
+                                          + ramp * terms[f"ta_kd_{name}"])
+        if mixnmatch:
+            for prefix, suffix in (("", "_bce"), ("teacher_kd_", ""), ("ta_kd_", "")):
+                key = f"{prefix}mixnmatch{suffix}"
+                terms[key] = tf.add_n([terms[f"{prefix}{n}{suffix}"] for n in mixnmatch]) / len(mixnmatch)
+    elif mixnmatch is not None:
         terms["mixnmatch_bce"] = tf.reduce_mean(binary_cross_entropy(mixnmatch, labels))
         terms["teacher_kd_mixnmatch"] = masked_mean(
             distillation_loss(mixnmatch, teacher, temperature), has_teacher)
@@ -172,10 +199,16 @@ class RankerNetwork(tf.keras.layers.Layer):
 
     `nested_head=True` sizes the head for any depth <= max (rows = max(x0 width, widths));
     `nested_head=False` (standalone models) sizes it for `max_spec` exactly.
+
+    `size_heads` / `head_specs` ({name: spec}, the trained sizes): with ``"own"`` every
+    spec in `head_specs` except `max_spec` gets its own head `logit_<name>` (rows = the
+    spec's last hidden width); with ``"affine"`` every spec in `head_specs` gets a
+    `LogitAffine` `calibration_<name>` after the shared head. Other specs use the
+    shared head unchanged.
     """
 
     def __init__(self, features, max_spec, nested_head: bool = True, cross_diag_scale: float = 0.0,
-                 seed: int = 0, **kwargs):
+                 seed: int = 0, size_heads: str = "shared", head_specs=None, **kwargs):
         super().__init__(**kwargs)
         self.features = features if isinstance(features, FeatureSpec) else FeatureSpec.from_dict(features)
         self.max_spec = max_spec if isinstance(max_spec, SubmodelSpec) else SubmodelSpec.from_dict(max_spec)
@@ -203,12 +236,33 @@ class RankerNetwork(tf.keras.layers.Layer):
         head_rows = max((x0_width, *widths)) if nested_head else (widths[-1] if widths else x0_width)
         self.head = NestedDense(1, head_rows, name="logit",
                                 kernel_initializer=init.GlorotUniform(seed=base + 3000))
+        if size_heads not in ("shared", "own", "affine"):
+            raise ValueError(f"size_heads must be shared, own or affine, got {size_heads!r}")
+        self.size_heads = size_heads
+        self.head_specs = {name: s if isinstance(s, SubmodelSpec) else SubmodelSpec.from_dict(s)
+                           for name, s in (head_specs or {}).items()}
+        # spec -> (kind, layer); the first name of a spec wins (e.g. student == ta).
+        # Untracked (Keras would sort its keys); the layers are tracked via size_head_layers.
+        object.__setattr__(self, "_size_head", {})
+        size_layers = []
+        for k, (name, s) in enumerate(self.head_specs.items()):
+            if s in self._size_head or size_heads == "shared" or (size_heads == "own" and s == spec):
+                continue
+            if size_heads == "own":
+                rows = s.mlp_widths[-1] if s.mlp_widths else s.x0_width(feats)
+                layer = NestedDense(1, rows, name=f"logit_{name}",
+                                    kernel_initializer=init.GlorotUniform(seed=base + 3001 + k))
+            else:
+                layer = LogitAffine(name=f"calibration_{name}")
+            self._size_head[s] = (size_heads, layer)
+            size_layers.append(layer)
+        self.size_head_layers = size_layers
         # Build every weight now, at full size, so no variable is ever created inside a
         # traced train step or a tf.switch_case branch.
         # Explicit name scopes give the variables unique, stable names
         # ("network/embedding_C1/embeddings:0"), which warm starts match on.
         with tf.name_scope(self.name):
-            for layer in [*self.embeddings, *self.crosses, *self.mlp, self.head]:
+            for layer in [*self.embeddings, *self.crosses, *self.mlp, self.head, *size_layers]:
                 with tf.name_scope(layer.name):
                     layer.build(None)
         self.built = True
@@ -239,7 +293,15 @@ class RankerNetwork(tf.keras.layers.Layer):
             x = self.crosses[i](x0, x, rank=spec.cross_ranks[i] if spec.low_rank else None)
         for i, width in enumerate(spec.mlp_widths):
             x = self.mlp[i](x, units=width)
-        return self.head(x)[:, 0]
+        kind, layer = self._size_head.get(spec, ("shared", None))
+        if kind == "own":
+            return layer(x)[:, 0]
+        logits = self.head(x)[:, 0]
+        return layer(logits) if kind == "affine" else logits
+
+    def size_head(self, spec: SubmodelSpec):
+        """("own" | "affine", layer) for a spec with its own head/calibration, else None."""
+        return self._size_head.get(spec)
 
     def call(self, features, specs=None):
         specs = (self.max_spec,) if specs is None else tuple(specs)
@@ -249,7 +311,9 @@ class RankerNetwork(tf.keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "features": self.features.to_dict(),
                 "max_spec": self.max_spec.to_dict(), "nested_head": self.nested_head,
-                "cross_diag_scale": self.cross_diag_scale, "seed": self.seed}
+                "cross_diag_scale": self.cross_diag_scale, "seed": self.seed,
+                "size_heads": self.size_heads,
+                "head_specs": {name: s.to_dict() for name, s in self.head_specs.items()}}
 
 
 # --------------------------------------------------------------------------- models
@@ -264,16 +328,23 @@ class MatTARanker(tf.keras.Model):
         self.config = config if isinstance(config, RankerConfig) else RankerConfig.from_dict(config)
         self.network = RankerNetwork(self.config.features, self.config.ta, nested_head=True,
                                      cross_diag_scale=self.config.cross_diag_scale,
-                                     seed=self.config.seed, name="network")
-        self.train_mixnmatch_specs = list(
-            self.config.mixnmatch_specs(self.config.mixnmatch_train_specs).values())
-        if self.config.mixnmatch_train_specs and not self.train_mixnmatch_specs:
+                                     seed=self.config.seed, size_heads=self.config.size_heads,
+                                     head_specs=self.config.trained_specs(), name="network")
+        mixes = self.config.mixnmatch_specs(self.config.mixnmatch_train_specs)
+        self.train_mixnmatch_specs = list(mixes.values())
+        # "all": every trained mix_k, by name, every step (a deterministic term, so it is
+        # part of the evaluation loss too).
+        self.all_mixnmatch_specs = mixes if self.config.mixnmatch_training == "all" else {}
+        if (self.config.mixnmatch_train_specs and not self.train_mixnmatch_specs
+                and self.config.mixnmatch_training == "sampled"):
             # Student and TA too close for distinct intermediates: sample between the ends.
             self.train_mixnmatch_specs = [self.config.student, self.config.ta]
         self._seed_generator = tf.random.Generator.from_seed(self.config.seed)
         names = ["loss", "student_bce", "ta_bce", "teacher_kd_student", "teacher_kd_ta", "ta_kd_student"]
         if self.train_mixnmatch_specs:
             names += ["mixnmatch_bce", "teacher_kd_mixnmatch", "ta_kd_mixnmatch"]
+        for name in self.all_mixnmatch_specs:
+            names += [f"{name}_bce", f"teacher_kd_{name}", f"ta_kd_{name}"]
         # Metrics are set with object.__setattr__ so Keras does not track them as sublayers:
         # their accumulators must not show up in model.weights, checkpoints or warm starts.
         object.__setattr__(self, "loss_trackers", {n: tf.keras.metrics.Mean(name=n) for n in names})
@@ -314,7 +385,9 @@ class MatTARanker(tf.keras.Model):
         # The sampled Mix'n'Match term is a training regulariser only: evaluation losses
         # (val_loss) cover Student + TA terms, so they are comparable across steps.
         mixnmatch = None
-        if training and self.train_mixnmatch_specs and self.config.loss_weights.mixnmatch > 0:
+        if self.all_mixnmatch_specs:
+            mixnmatch = {name: self.network.logits_at(encoded, s) for name, s in self.all_mixnmatch_specs.items()}
+        elif training and self.train_mixnmatch_specs and self.config.loss_weights.mixnmatch > 0:
             index = self._seed_generator.uniform([], 0, len(self.train_mixnmatch_specs), dtype=tf.int32)
             branches = [lambda s=s: self.network.logits_at(encoded, s) for s in self.train_mixnmatch_specs]
             mixnmatch = tf.switch_case(index, branches)

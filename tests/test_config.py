@@ -106,6 +106,9 @@ def test_random_specs_are_nested():
     (lambda d: d["student"].update(cross_ranks=[2, 2]), "cross_ranks has 2 entries but cross_layers is 1"),
     (lambda d: d.update(ta={"embedding_dim": 8, "cross_layers": 1, "mlp_widths": [8, 4]}),
      "low-rank"),
+    (lambda d: d.update(mixnmatch_training="every"),
+     r"mixnmatch_training must be one of \['sampled', 'all'\], got 'every'"),
+    (lambda d: d.update(size_heads=True), r"size_heads must be one of \['shared', 'own', 'affine'\], got True"),
 ])
 def test_invalid_configs_raise_clear_errors(mutate, message):
     import yaml
@@ -141,3 +144,16 @@ def test_feature_spec_programmatic():
     assert FeatureSpec.from_dict(spec.to_dict()) == spec
     with pytest.raises(ValueError, match="no features"):
         FeatureSpec()
+
+
+def test_mixnmatch_training_and_size_heads_options_round_trip():
+    default = RankerConfig.from_yaml(YAML)
+    assert default.mixnmatch_training == "sampled" and default.size_heads == "shared"  # defaults unchanged
+    config = RankerConfig.from_yaml(YAML + "mixnmatch_train_specs: 2\nmixnmatch_training: all\nsize_heads: own\n")
+    assert config.mixnmatch_training == "all" and config.size_heads == "own"
+    assert RankerConfig.from_dict(json.loads(config.to_json())) == config
+    assert config.to_dict()["size_heads"] == "own" and config.to_dict()["mixnmatch_training"] == "all"
+    trained = config.trained_specs()
+    assert list(trained) == ["student", "mix_1", "mix_2", "ta"]
+    assert trained["student"] == config.student and trained["ta"] == config.ta
+    assert {k: v for k, v in trained.items() if k.startswith("mix_")} == config.mixnmatch_specs(2)

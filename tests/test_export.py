@@ -61,6 +61,22 @@ def test_saved_model_round_trip_through_serving_default(tmp_path):
     np.testing.assert_allclose(raw["logit"].numpy(), want, atol=1e-5)
 
 
+def test_export_of_a_size_with_its_own_head(tmp_path):
+    import dataclasses
+
+    config = dataclasses.replace(CONFIG, mixnmatch_train_specs=1, size_heads="own")
+    model = MatTARanker(config)
+    rng = np.random.default_rng(1)
+    for w in model.network.weights:
+        w.assign(rng.normal(0, 0.3, w.shape).astype(np.float32))
+    table = generate_click_logs(64, seed=3, config=LOGS)
+    features, _ = next(iter(table_to_dataset(table, FEATURES, 64)))
+    want = model.submodel(config.student, features).numpy()
+    loaded = tf.saved_model.load(export_saved_model(extract(model, config.student), str(tmp_path / "1"), FEATURES))
+    raw = loaded.signatures["predict_raw"](**{n: features[n] for n in FEATURES.names})
+    np.testing.assert_allclose(raw["logit"].numpy(), want, atol=1e-5)
+
+
 def test_preprocess_hook_runs_inside_the_graph(tmp_path):
     """A TFT-style preprocess layer maps raw strings to integer ids for a `num_ids` model."""
     raw_vocab = ["red", "green", "blue"]

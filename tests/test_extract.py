@@ -71,6 +71,30 @@ def test_extracted_models_equal_nested_forward(kind, features):
     np.testing.assert_allclose(extract(model, config.ta)(features).numpy(), out["ta"].numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("size_heads", ["own", "affine"])
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+def test_size_head_extraction_is_exact(kind, size_heads, features):
+    """Trained sizes with their own head / calibration extract exactly, at the plain
+    architecture's parameter count; other specs keep the shared head."""
+    import dataclasses
+
+    config = dataclasses.replace(CONFIGS[kind], mixnmatch_train_specs=2, size_heads=size_heads)
+    model = _randomised_model(config)
+    shared = dataclasses.replace(config, size_heads="shared")
+    plain = MatTARanker(shared)
+    plain.network.set_weights([w for w in model.network.get_weights()][:len(plain.network.weights)])
+    for name, spec in {**config.trained_specs(), "mixed": MIXED[kind]}.items():
+        small = extract(model, spec, name=name)
+        got, want = small(features).numpy(), model.submodel(spec, features).numpy()
+        assert np.max(np.abs(got - want)) <= 1e-5, (kind, size_heads, name)
+        assert count_params(small) == cost(config, spec)["params"]
+        differs = np.max(np.abs(want - plain.submodel(spec, features).numpy())) > 1e-3
+        # The size heads are in use for trained sizes (except the TA under "own") only.
+        assert differs == (name != "mixed" and not (size_heads == "own" and name == "ta")), name
+    out = model(features)
+    np.testing.assert_allclose(extract(model, config.student)(features).numpy(), out["student"].numpy(), atol=1e-5)
+
+
 def test_cost_numbers_by_hand():
     config = CONFIGS["low_rank"]
     spec = config.student  # d=2: width w = 3 + 4*2 = 11

@@ -249,6 +249,67 @@ def test_mixnmatch_sampling_and_other_optimizers():
     assert np.all(after[:, 7:] == before[:, 7:])  # no mix uses the TA's last column
 
 
+def test_all_mixnmatch_loss_terms_match_float64_reference():
+    rng = np.random.default_rng(2)
+    n = 16
+    y = (rng.random(n) < 0.4).astype(np.float64)
+    s, ta, teacher, m1, m2 = (rng.normal(0, 2, n) for _ in range(5))
+    weights = LossWeights(student=0.7, ta=1.3, teacher=0.4, ta_to_student=2.0, mixnmatch=0.6)
+    temperature, ramp = 2.0, 0.5
+    mask = tf.constant(np.arange(n) % 3 > 0)
+    f32 = lambda a: tf.constant(a, tf.float32)  # noqa: E731
+    base = matta_loss_terms(f32(y), f32(s), f32(ta), f32(teacher), mask, tf.constant(ramp), weights, temperature)
+    terms = matta_loss_terms(f32(y), f32(s), f32(ta), f32(teacher), mask, tf.constant(ramp), weights, temperature,
+                             mixnmatch={"mix_1": f32(m1), "mix_2": f32(m2)})
+    has = np.arange(n) % 3 > 0
+    extra = 0.0
+    for name, m in (("mix_1", m1), ("mix_2", m2)):
+        want = {f"{name}_bce": _np_bce(m, y).mean(), f"teacher_kd_{name}": _np_kd(m[has], teacher[has], 2.0).mean(),
+                f"ta_kd_{name}": _np_kd(m, ta, 2.0).mean()}
+        for key, value in want.items():
+            assert abs(float(terms[key]) - value) < 1e-5 * max(1.0, value), key
+        extra += 0.6 * (want[f"{name}_bce"] + want[f"teacher_kd_{name}"] + ramp * want[f"ta_kd_{name}"])
+    assert abs(float(terms["loss"]) - float(base["loss"]) - extra) < 1e-4
+    assert abs(float(terms["mixnmatch_bce"]) - (_np_bce(m1, y).mean() + _np_bce(m2, y).mean()) / 2) < 1e-5
+
+
+@pytest.mark.parametrize("size_heads", ["shared", "own", "affine"])
+def test_all_mixnmatch_training_trains_every_size_every_step(size_heads):
+    config = tiny_config(mixnmatch_train_specs=2, mixnmatch_training="all", size_heads=size_heads,
+                         loss_weights=LossWeights(mixnmatch=0.5), warmup_steps=0)
+    model = MatTARanker(config)
+    mixes = config.mixnmatch_specs(2)
+    assert list(model.all_mixnmatch_specs) == ["mix_1", "mix_2"]
+    features, labels = batch(64)
+    with tf.GradientTape(persistent=True) as tape:
+        _, _, terms = model._matta_losses((features, labels), training=True)
+    for name in mixes:  # every size's three terms, every step (not sampled)
+        for key in (f"{name}_bce", f"teacher_kd_{name}", f"ta_kd_{name}"):
+            assert key in terms and float(terms[key]) > 0, key
+    # ... and each size's BCE reaches the weights only that size (and bigger ones) use:
+    # embedding column d of mix_k (d = the Student's dim) moves for mix_1's own term.
+    d_s = config.student.embedding_dim
+    g = tf.convert_to_tensor(tape.gradient(terms["mix_1_bce"], model.network.embeddings[0].embeddings)).numpy()
+    assert np.any(g[:, d_s:mixes["mix_1"].embedding_dim]) and not np.any(g[:, mixes["mix_1"].embedding_dim:])
+    if size_heads == "own":  # each trained size (but the TA) has its own, unshared head
+        for name in ("student", "mix_1", "mix_2"):
+            head = model.network.size_head(config.trained_specs()[name])[1]
+            assert tape.gradient(terms[f"{name}_bce"], head.kernel) is not None
+        assert tape.gradient(terms["mix_1_bce"], model.network.size_head(config.student)[1].kernel) is None
+        assert model.network.size_head(config.ta) is None
+    if size_heads == "affine":
+        for name in ("student", "mix_1", "mix_2", "ta"):
+            assert model.network.size_head(config.trained_specs()[name])[0] == "affine"
+    del tape
+    # Deterministic, so the terms are part of evaluation too; a compiled train step runs.
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-2), run_eagerly=True)
+    logs = model.train_on_batch(features, labels, return_dict=True)
+    assert np.isfinite(logs["loss"]) and logs["mix_2_bce"] > 0
+    evaluated = model.evaluate(table_to_dataset(generate_click_logs(256, seed=5, config=LOGS), FEATURES, 256),
+                               return_dict=True, verbose=0)
+    assert evaluated["mix_1_bce"] > 0 and evaluated["ta_kd_mix_2"] >= 0
+
+
 def test_model_serialization_and_checkpoint(tmp_path):
     model = MatTARanker(tiny_config(), name="ranker")
     features, _ = batch(16)
@@ -327,3 +388,23 @@ def test_mirrored_strategy_step_equals_single_device():
     moved, diff = map(float, line[0].split()[1:])
     assert moved > 0.1  # the step did something
     assert diff < 1e-5
+
+
+@pytest.mark.parametrize("size_heads", ["own", "affine"])
+def test_size_heads_serialization_and_checkpoint(size_heads, tmp_path):
+    config = tiny_config(mixnmatch_train_specs=1, size_heads=size_heads)
+    model = MatTARanker(config)
+    features, _ = batch(16)
+    names = [w.name for w in model.weights]
+    assert len(set(names)) == len(names)
+    prefix = "network/logit_student/kernel:0" if size_heads == "own" else "network/calibration_student/scale:0"
+    assert prefix in names
+    clone = MatTARanker.from_config(model.get_config())
+    clone(features)
+    clone.set_weights([w + 0.01 for w in model.get_weights()])
+    tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
+    tf.train.Checkpoint(model=clone).read(str(tmp_path / "ckpt")).assert_existing_objects_matched()
+    mix = config.mixnmatch_specs(1)["mix_1"]
+    np.testing.assert_array_equal(model.submodel(mix, features).numpy(), clone.submodel(mix, features).numpy())
+    restored = tf.keras.utils.deserialize_keras_object(tf.keras.utils.serialize_keras_object(model))
+    assert restored.config == model.config
