@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 
@@ -43,9 +44,20 @@ def _demo(args) -> int:
     from pipelines.demo import run_demo
 
     root = os.path.abspath(args.root)
-    if os.path.exists(os.path.join(root, "pipeline")) and not args.reuse:
-        raise ValueError(f"{root} already holds a demo run; pass --reuse to run again (cache) "
-                         "or choose another --root")
+    if os.path.exists(os.path.join(root, "pipeline")):
+        if args.fresh:
+            for part in ("data", "pipeline", "ab", "pipeline.yaml"):
+                path = os.path.join(root, part)
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                elif os.path.exists(path):
+                    os.remove(path)
+            print(f"[matta demo] --fresh: removed the earlier run in {root}")
+        else:
+            # The data are deterministic (same seeds), so TFX's cache reuses every component
+            # whose inputs did not change; the A/B stage always starts a new event log.
+            print(f"[matta demo] {root} holds an earlier run: running again there (TFX cache "
+                  "reuses unchanged components; --fresh starts over)")
     summary = run_demo(root, rows=args.rows, ab_requests=args.ab_requests)
     return 0 if summary["arms"] else 1
 
@@ -71,7 +83,9 @@ def register(subparsers) -> None:
     demo = subparsers.add_parser("demo", help="generate click logs and run the whole pipeline locally")
     demo.add_argument("--root", default="matta-demo", help="working folder (default ./matta-demo)")
     demo.add_argument("--rows", type=int, default=200_000)
-    demo.add_argument("--reuse", action="store_true", help="run again in an existing --root")
+    demo.add_argument("--fresh", action="store_true",
+                      help="delete an earlier run in --root first (default: run again there, reusing "
+                           "TFX's cache)")
     demo.add_argument("--ab-requests", type=int, default=4_000,
                       help="requests replayed through the A/B router at the end (0 = skip)")
     demo.set_defaults(func=_demo)
