@@ -4,19 +4,32 @@ A custom file-based TFX ExampleGen on Apache Beam (it reuses TFX's FileBasedDriv
 `{SPAN}`/`{VERSION}`/`{YYYY}{MM}{DD}` input patterns, range configs and input fingerprints
 work as for CsvExampleGen). The Beam graph:
 
-    files --read--> (source, row, raw) --validate--> good rows keyed by impression id
-                                                  \\-> quarantine (reason code)
-    teacher parquet --ReadFromParquet--> (impression_id, teacher_logit)
+    files --read--> (source, row, line, raw) --validate--> good rows keyed by impression id
+                                                        \\-> quarantine (reason code)
+    teacher parquet --read--> (impression_id, teacher_logit)   \\-> teacher quarantine
     CoGroupByKey(log, teacher)  # left join; a log id seen >1 times is a duplicate
         -> tf.Example with `teacher_logit`, `has_teacher` -> split by hash(id) or timestamp
 
 The join is a CoGroupByKey, so the teacher table is never held in memory as a side
-input. Every input row ends in exactly one place: `rows_in == rows_written +
-rows_quarantined` is checked after the run, and the counts (per split and per reason) are
-stored as custom properties on both output artifacts. Quarantined rows are written as JSON
-Lines `{"reason", "source", "row", "column", "value", "detail", "raw"}` to the
-`quarantine` artifact. If the quarantined share exceeds `max_quarantine_rate` the execution
-fails with a message listing the reasons.
+input. Reading follows the dialect and value rules in `components.logschema` (one
+physical line is one record; a line that cannot be decoded, split or parsed is
+quarantined alone and reading goes on). Every input line and teacher row ends in exactly
+one place; after the run these identities are checked (a failure is a bug, never data):
+
+    lines_in        == header_lines + blank_lines + rows_in
+    rows_in         == rows_written + rows_quarantined      (sum of quarantined_<reason>)
+    teacher_rows_in == teacher_rows_joined + teacher_rows_unmatched + teacher_rows_invalid
+
+`teacher_rows_joined` counts teacher rows whose id matched a valid log row (its logit may
+still quarantine that row as non-finite or conflicting), `teacher_rows_unmatched` those
+whose id matched no valid log row, `teacher_rows_invalid` those without a usable id
+(`teacher_quarantined_<reason>`). The counts are stored as int custom properties on both
+output artifacts. Quarantined log rows are written as JSON Lines `{"reason", "source",
+"row", "line", "column", "value", "detail", "raw"}` to `quarantine.jsonl` in the
+`quarantine` artifact (`detail` is one line: file, line, column, reason, value; values and
+raw lines are truncated), invalid teacher rows likewise to `teacher_quarantine.jsonl`. If
+the quarantined share of log rows exceeds `max_quarantine_rate` the execution fails with a
+message listing the reasons.
 
 Example:
 
@@ -32,7 +45,6 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-import math
 import os
 from typing import Any
 
@@ -52,6 +64,7 @@ from components import logschema
 CLICK_LOG_CONFIG_KEY = "click_log_config"
 QUARANTINE_KEY = "quarantine"
 QUARANTINE_FILE = "quarantine.jsonl"
+TEACHER_QUARANTINE_FILE = "teacher_quarantine.jsonl"
 COUNTS_FILE = "counts.json"
 
 
@@ -121,19 +134,18 @@ def split_index(split: dict[str, Any], impression_id: str, timestamp: int | None
 
 
 # -- Beam pieces -----------------------------------------------------------------------------
-def _quarantine(reason, source, row, detail, column=None, value=None, raw=None) -> dict:
-    if raw is not None and not isinstance(raw, (str, list, dict)):
-        raw = str(raw)
-    if value is not None and not isinstance(value, (str, int, float, list)):
-        value = str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        value = str(value)
-    return {"reason": reason, "source": source, "row": row, "column": column, "value": value,
-            "detail": detail, "raw": raw}
+def _quarantine(reason, source, row, detail, column=None, value=None, raw=None,
+                line=None) -> dict:
+    """A quarantine record; `detail` becomes the one-line message naming file/line/column."""
+    return {"reason": reason, "source": source, "row": row, "line": line, "column": column,
+            "value": logschema.shorten(value),
+            "detail": logschema.error_message(source, line, reason, detail, column, value),
+            "raw": _jsonable(raw)}
 
 
 class _ReadAndValidate(beam.DoFn):
-    """One file -> ('good', (id, (source, row, record))) or ('bad', quarantine record)."""
+    """(file, id source) -> ('good', (id, (source, row, line, record))), 'bad' quarantine
+    records and per-file 'counts' (lines_in, header_lines, blank_lines)."""
 
     def __init__(self, schema_dict: dict):
         self._schema_dict = schema_dict
@@ -141,22 +153,32 @@ class _ReadAndValidate(beam.DoFn):
     def setup(self):
         self._schema = logschema.LogSchema.from_dict(self._schema_dict)
 
-    def process(self, path: str):
-        for row, raw in logschema.iter_raw_rows(self._schema, path):
+    def process(self, element):
+        path, id_source = element
+        stats = logschema.FileStats()
+        for row, line, raw in logschema.iter_records(self._schema, path, stats):
             try:
-                record = logschema.validate_row(self._schema, raw, path, row)
+                record = logschema.validate_row(self._schema, raw, path, row, id_source)
             except logschema.RowError as err:
                 yield beam.pvalue.TaggedOutput("bad", _quarantine(
-                    err.reason, path, row, err.detail, err.column, err.value, _jsonable(raw)))
+                    err.reason, path, row, err.detail, err.column, err.value, raw, line))
                 continue
-            yield (record["impression_id"], (path, row, record))
+            yield (record["impression_id"], (path, row, line, record))
+        for name, count in stats.counters().items():
+            yield beam.pvalue.TaggedOutput("counts", (name, count))
 
 
 def _jsonable(raw):
+    """A bounded JSON-able copy of a raw row for the quarantine record."""
+    if raw is None:
+        return None
+    if isinstance(raw, logschema.BadRecord):
+        return logschema.shorten(raw.text, logschema.MAX_RAW_CHARS)
     if isinstance(raw, dict):
-        return {k: (v if isinstance(v, (str, int, float, bool, type(None))) else str(v))
-                for k, v in raw.items()}
-    return raw
+        return {str(k): logschema.shorten(v, logschema.MAX_RAW_CHARS) for k, v in raw.items()}
+    if isinstance(raw, (list, tuple)):
+        return [logschema.shorten(v, logschema.MAX_RAW_CHARS) for v in raw]
+    return logschema.shorten(raw, logschema.MAX_RAW_CHARS)
 
 
 class _JoinDedupSplit(beam.DoFn):
@@ -172,22 +194,27 @@ class _JoinDedupSplit(beam.DoFn):
     def process(self, element):
         impression_id, grouped = element
         logs = sorted(grouped["log"], key=lambda x: (x[0], x[1]))
-        if not logs:
-            return  # teacher rows without a log row: a left join drops them
         teacher = list(grouped["teacher"])
+        if not logs:
+            # Teacher rows without a (valid) log row: a left join drops them, counted.
+            yield beam.pvalue.TaggedOutput("counts", ("teacher_rows_unmatched", len(teacher)))
+            return
+        if teacher:
+            yield beam.pvalue.TaggedOutput("counts", ("teacher_rows_joined", len(teacher)))
         # The earliest (file, row) occurrence wins; later copies are logging duplicates.
-        for source, row, _ in logs[1:]:
+        first_source, _, first_line, _ = logs[0]
+        for source, row, line, _ in logs[1:]:
             yield beam.pvalue.TaggedOutput("bad", _quarantine(
                 logschema.DUPLICATE_IMPRESSION_ID, source, row,
-                f"impression id {impression_id!r} first seen at {logs[0][0]}:{logs[0][1]}",
-                "impression_id", impression_id))
-        source, row, record = logs[0]
+                f"impression id first seen at {first_source}, line {first_line}",
+                "impression_id", impression_id, line=line))
+        source, row, line, record = logs[0]
         if teacher:
             try:
                 logit = logschema.check_teacher_logits(teacher)
             except logschema.RowError as err:
                 yield beam.pvalue.TaggedOutput("bad", _quarantine(
-                    err.reason, source, row, err.detail, err.column, err.value))
+                    err.reason, source, row, err.detail, err.column, err.value, line=line))
                 return
             has_teacher = 1
         else:
@@ -225,21 +252,40 @@ def _to_example(schema: logschema.LogSchema, record: dict, teacher_logit: float,
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
-def _teacher_rows(path: str):
-    import pyarrow.parquet as pq
+class _ReadTeacher(beam.DoFn):
+    """Teacher parquet file -> (impression_id, logit), 'bad' teacher quarantine records and
+    'counts' (teacher_rows_in)."""
 
-    with logschema.open_file(path) as f:
-        pf = pq.ParquetFile(f)
-        missing = {"impression_id", "teacher_logit"} - set(pf.schema_arrow.names)
-        if missing:
-            raise ValueError(f"teacher table {path}: missing columns {sorted(missing)}; expected "
-                             "'impression_id' and 'teacher_logit'")
-        for batch in pf.iter_batches(batch_size=65536, columns=["impression_id", "teacher_logit"]):
-            ids = batch.column(0).to_pylist()
-            logits = batch.column(1).to_pylist()
-            for iid, logit in zip(ids, logits, strict=True):
-                if iid is not None:
-                    yield str(iid), (float("nan") if logit is None else float(logit))
+    def process(self, path: str):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = 0
+        with logschema.open_file(path) as f:
+            pf = pq.ParquetFile(f)
+            names = pf.schema_arrow.names
+            missing = {"impression_id", "teacher_logit"} - set(names)
+            if missing:
+                raise ValueError(f"teacher table {path}: missing columns {sorted(missing)}; "
+                                 "expected 'impression_id' and 'teacher_logit'")
+            logit_type = pf.schema_arrow.field("teacher_logit").type
+            if not (pa.types.is_floating(logit_type) or pa.types.is_integer(logit_type)
+                    or pa.types.is_decimal(logit_type) or pa.types.is_null(logit_type)):
+                raise ValueError(f"teacher table {path}: column 'teacher_logit' is {logit_type}, "
+                                 "not numeric")
+            for batch in pf.iter_batches(batch_size=65536,
+                                         columns=["impression_id", "teacher_logit"]):
+                ids = batch.column(0).to_pylist()
+                logits = batch.column(1).to_pylist()
+                for iid, logit in zip(ids, logits, strict=True):
+                    rows += 1
+                    try:
+                        yield logschema.validate_teacher_row(iid, logit)
+                    except logschema.RowError as err:
+                        yield beam.pvalue.TaggedOutput("bad", _quarantine(
+                            err.reason, path, rows, err.detail, err.column, err.value,
+                            {"impression_id": iid, "teacher_logit": logit}, rows))
+        yield beam.pvalue.TaggedOutput("counts", ("teacher_rows_in", rows))
 
 
 def _glob(pattern: str) -> list[str]:
@@ -321,7 +367,7 @@ class ClickLogExecutor(base_beam_executor.BaseBeamExecutor):
             counts = run_click_log_graph(
                 p, files, teacher_files, schema_dict, split,
                 {name: artifact_utils.get_split_uri([examples], name) for name in split["names"]},
-                os.path.join(quarantine.uri, QUARANTINE_FILE))
+                os.path.join(quarantine.uri, QUARANTINE_FILE), input_base=input_base)
             _ = (counts
                  | "CountsToDict" >> beam.combiners.ToDict()
                  | "CountsJson" >> beam.Map(lambda d: json.dumps(d, sort_keys=True))
@@ -340,35 +386,57 @@ class ClickLogExecutor(base_beam_executor.BaseBeamExecutor):
 
 
 def run_click_log_graph(p, files, teacher_files, schema_dict, split, split_uris,
-                        quarantine_path):
-    """Builds the Beam graph; returns a PCollection of (counter name, count)."""
+                        quarantine_path, input_base=None, teacher_quarantine_path=None):
+    """Builds the Beam graph; returns a PCollection of (counter name, count).
+
+    Derived impression ids use each file's path relative to `input_base` (its base name
+    when `input_base` is None). Invalid teacher rows go to `teacher_quarantine_path`
+    (default: `teacher_quarantine.jsonl` beside `quarantine_path`).
+    """
+    if teacher_quarantine_path is None:
+        teacher_quarantine_path = os.path.join(os.path.dirname(quarantine_path),
+                                               TEACHER_QUARANTINE_FILE)
+    sources = [(f, logschema.relative_source(f, input_base)) for f in files]
     read = (p
-            | "LogFiles" >> beam.Create(files)
+            | "LogFiles" >> beam.Create(sources)
             # One file per element; reshuffle so files spread over workers.
             | "ReshuffleFiles" >> beam.Reshuffle()
             | "ReadAndValidate" >> beam.ParDo(_ReadAndValidate(schema_dict)).with_outputs(
-                "bad", main="good"))
+                "bad", "counts", main="good"))
     if teacher_files:
         teacher = (p
                    | "TeacherFiles" >> beam.Create(teacher_files)
                    | "ReshuffleTeacherFiles" >> beam.Reshuffle()
-                   | "ReadTeacher" >> beam.FlatMap(_teacher_rows))
+                   | "ReadTeacher" >> beam.ParDo(_ReadTeacher()).with_outputs(
+                       "bad", "counts", main="good"))
+        teacher_good, teacher_bad, teacher_counts = teacher.good, teacher.bad, teacher.counts
     else:
-        teacher = p | "NoTeacher" >> beam.Create([])
+        teacher_good = p | "NoTeacher" >> beam.Create([])
+        teacher_bad = p | "NoTeacherBad" >> beam.Create([])
+        teacher_counts = p | "NoTeacherCounts" >> beam.Create([])
     joined = (
-        {"log": read.good, "teacher": teacher}
+        {"log": read.good, "teacher": teacher_good}
         | "JoinTeacher" >> beam.CoGroupByKey()
         | "DedupAndSplit" >> beam.ParDo(_JoinDedupSplit(schema_dict, split)).with_outputs(
-            "bad", *[f"split{i}" for i in range(len(split["names"]))]))
+            "bad", "counts", *[f"split{i}" for i in range(len(split["names"]))]))
     bad = (read.bad, joined.bad) | "AllBad" >> beam.Flatten()
     _ = (bad
          | "QuarantineJson" >> beam.Map(lambda r: json.dumps(r, sort_keys=True))
          | "WriteQuarantine" >> beam.io.WriteToText(quarantine_path, shard_name_template=""))
+    _ = (teacher_bad
+         | "TeacherQuarantineJson" >> beam.Map(lambda r: json.dumps(r, sort_keys=True))
+         | "WriteTeacherQuarantine" >> beam.io.WriteToText(teacher_quarantine_path,
+                                                           shard_name_template=""))
 
     counters = [
         read.good | "CountGood" >> beam.Map(lambda _: ("rows_in", 1)),
         read.bad | "CountBadIn" >> beam.Map(lambda _: ("rows_in", 1)),
         bad | "CountBad" >> beam.Map(lambda r: ("quarantined_" + r["reason"], 1)),
+        read.counts,
+        joined.counts,
+        teacher_counts,
+        teacher_bad | "CountTeacherBad" >> beam.Map(
+            lambda r: ("teacher_quarantined_" + r["reason"], 1)),
     ]
     for i, name in enumerate(split["names"]):
         pc = joined[f"split{i}"]
@@ -387,17 +455,36 @@ def _read_counts(path: str) -> dict[str, int]:
 
 
 def accounting(counts: dict[str, int], split_names: list[str]) -> dict[str, int]:
-    """Adds totals to the raw counters and checks rows_in == written + quarantined."""
-    props = {"rows_in": counts.get("rows_in", 0)}
+    """Adds totals to the raw counters and checks the identities of the module doc."""
+    props = {"lines_in": counts.get("lines_in", 0), "header_lines": counts.get("header_lines", 0),
+             "blank_lines": counts.get("blank_lines", 0), "rows_in": counts.get("rows_in", 0)}
     for name in split_names:
         props[f"written_{name}"] = counts.get(f"written_{name}", 0)
     for reason in logschema.REASON_CODES:
         props[f"quarantined_{reason}"] = counts.get(f"quarantined_{reason}", 0)
     props["rows_written"] = sum(props[f"written_{n}"] for n in split_names)
     props["rows_quarantined"] = sum(props[f"quarantined_{r}"] for r in logschema.REASON_CODES)
+    for key in ("teacher_rows_in", "teacher_rows_joined", "teacher_rows_unmatched"):
+        props[key] = counts.get(key, 0)
+    for reason in logschema.TEACHER_REASON_CODES:
+        props[f"teacher_quarantined_{reason}"] = counts.get(f"teacher_quarantined_{reason}", 0)
+    props["teacher_rows_invalid"] = sum(props[f"teacher_quarantined_{r}"]
+                                        for r in logschema.TEACHER_REASON_CODES)
+    # A bug in this executor, never a data problem: every line and row must land somewhere.
+    broken = []
+    if props["lines_in"] != props["header_lines"] + props["blank_lines"] + props["rows_in"]:
+        broken.append("lines_in != header_lines + blank_lines + rows_in")
     if props["rows_in"] != props["rows_written"] + props["rows_quarantined"]:
-        # A bug in this executor, never a data problem: every row must land somewhere.
-        raise RuntimeError(f"ClickLogExampleGen accounting broken: {props}")
+        broken.append("rows_in != rows_written + rows_quarantined")
+    if props["teacher_rows_in"] != (props["teacher_rows_joined"] + props["teacher_rows_unmatched"]
+                                    + props["teacher_rows_invalid"]):
+        broken.append("teacher_rows_in != teacher_rows_joined + teacher_rows_unmatched + "
+                      "teacher_rows_invalid")
+    unknown = sorted(set(counts) - set(props))
+    if unknown:
+        broken.append(f"unknown counters {unknown}")
+    if broken:
+        raise RuntimeError(f"ClickLogExampleGen accounting broken ({'; '.join(broken)}): {props}")
     return props
 
 
