@@ -4,6 +4,9 @@ from __future__ import annotations
 import json
 import sys
 
+INPUT_BASE_HELP = ("directory that derived impression ids are relative to, as in the pipeline's "
+                   "data_root (None: the part of --logs before its first wildcard)")
+
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
@@ -15,7 +18,8 @@ def _fit(args) -> int:
     folds = 1 if args.no_cross_fit else args.folds
     result = fit_teacher(args.log_schema, args.logs, args.export_dir, steps=args.steps,
                          batch_size=args.batch_size, folds=folds, min_count=args.min_count,
-                         max_vocabulary=args.max_vocabulary, seed=args.seed, log=_log)
+                         max_vocabulary=args.max_vocabulary, seed=args.seed,
+                         input_base=args.input_base, log=_log)
     result.pop("per_fold", None)
     print(json.dumps(result, indent=1))
     return 0
@@ -26,7 +30,7 @@ def _score(args) -> int:
 
     try:
         result = score_teacher(args.log_schema, args.logs, args.teacher, args.output,
-                               unverified=args.unverified, log=_log)
+                               unverified=args.unverified, input_base=args.input_base, log=_log)
     except TeacherLeakError as err:
         print(f"matta teacher score: {err}", file=sys.stderr)
         return 2
@@ -51,6 +55,7 @@ def register(subparsers) -> None:
                     "rows it was fitted on).")
     fit.add_argument("--logs", required=True, help="glob of log files")
     fit.add_argument("--log-schema", default="criteo", help="preset name or YAML file")
+    fit.add_argument("--input-base", default=None, help=INPUT_BASE_HELP)
     fit.add_argument("--export-dir", required=True)
     fit.add_argument("--steps", type=int, default=2000, help="training steps per fold model")
     fit.add_argument("--batch-size", type=int, default=512)
@@ -73,6 +78,7 @@ def register(subparsers) -> None:
                     "--no-cross-fit refuses (exit 2) to score rows it was fitted on.")
     score.add_argument("--logs", required=True)
     score.add_argument("--log-schema", default="criteo")
+    score.add_argument("--input-base", default=None, help=INPUT_BASE_HELP)
     score.add_argument("--teacher", required=True, help="teacher export directory (`matta teacher fit`)")
     score.add_argument("--output", required=True, help="teacher table .parquet")
     score.add_argument("--unverified", action="store_true",

@@ -40,24 +40,38 @@ FITTED_IDS_FILE = "teacher_fitted_ids.npy"
 _FOLD_KEY = b"matta-teacher-fold"
 
 
-def read_valid_rows(schema: logschema.LogSchema, pattern: str):
+def glob_base(pattern: str) -> str:
+    """The directory part of `pattern` before its first wildcard (`/logs/day=*/x.tsv` -> `/logs`)."""
+    head = pattern
+    for i, ch in enumerate(pattern):
+        if ch in "*?[":
+            head = pattern[:i]
+            break
+    return os.path.dirname(head) if head != pattern or not os.path.isdir(pattern) else pattern
+
+
+def read_valid_rows(schema: logschema.LogSchema, pattern: str, input_base: str | None = None):
     """(pyarrow table of valid rows, number of skipped rows) for every file matching pattern.
 
     Columns: `impression_id`, `label`, the schema's timestamp column (if it has one), then
-    the features."""
+    the features. Derived impression ids are `<path relative to input_base>:<row>` as in
+    ClickLogExampleGen (`input_base` defaults to the directory of `pattern` before its first
+    wildcard, i.e. the pipeline's data root when `pattern` is `<data_root>/<input_pattern>`)."""
     import pyarrow as pa
 
     files = sorted(glob.glob(pattern))
     if not files:
         raise FileNotFoundError(f"no log files match {pattern}")
+    base = glob_base(pattern) if input_base is None else input_base
     extra = [schema.timestamp] if schema.timestamp and schema.timestamp not in schema.feature_names else []
     names = extra + list(schema.feature_names)
     cols = {"impression_id": [], "label": [], **{n: [] for n in names}}
     skipped = 0
     for path in files:
+        id_source = logschema.relative_source(path, base)
         for row, raw in logschema.iter_raw_rows(schema, path):
             try:
-                rec = logschema.validate_row(schema, raw, path, row)
+                rec = logschema.validate_row(schema, raw, path, row, id_source)
             except logschema.RowError:
                 skipped += 1
                 continue
@@ -246,10 +260,10 @@ def fit_teacher_table(table, numeric, categorical, export_dir: str, steps: int =
 
 def fit_teacher(schema, pattern: str, export_dir: str, steps: int = 2000, batch_size: int = 512,
                 folds: int = DEFAULT_FOLDS, min_count: int | None = None, max_vocabulary: int | None = None,
-                spec: dict | None = None, seed: int = 0, log=None) -> dict:
+                spec: dict | None = None, seed: int = 0, input_base: str | None = None, log=None) -> dict:
     """`matta teacher fit`: reads the logs matching `pattern` and runs `fit_teacher_table`."""
     schema = logschema.load_log_schema(schema)
-    table, skipped = read_valid_rows(schema, pattern)
+    table, skipped = read_valid_rows(schema, pattern, input_base)
     return fit_teacher_table(table, schema.numeric_features, schema.categorical_features, export_dir,
                              steps=steps, batch_size=batch_size, folds=folds, min_count=min_count,
                              max_vocabulary=max_vocabulary, spec=spec, seed=seed,
@@ -351,13 +365,13 @@ def score_teacher_table(table, teacher_dir: str, batch_size: int = 4096, unverif
 
 
 def score_teacher(schema, pattern: str, teacher_dir: str, output: str, batch_size: int = 4096,
-                  unverified: bool = False, log=None) -> dict:
+                  unverified: bool = False, input_base: str | None = None, log=None) -> dict:
     """`matta teacher score`: reads the logs, scores them, writes the Parquet teacher table."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     schema = logschema.load_log_schema(schema)
-    table, skipped = read_valid_rows(schema, pattern)
+    table, skipped = read_valid_rows(schema, pattern, input_base)
     logits, _, info = score_teacher_table(table, teacher_dir, batch_size=batch_size, unverified=unverified,
                                           log=log)
     out = pa.table({"impression_id": table.column("impression_id"),

@@ -136,3 +136,21 @@ def test_cli_no_cross_fit_protocol(tmp_path):
     assert main(["teacher", "score", "--logs", pattern, "--teacher", str(tmp_path / "full"),
                  "--output", str(tmp_path / "leak.parquet")]) == 2
     assert not (tmp_path / "leak.parquet").exists()
+
+
+def test_derived_ids_are_relative_to_the_input_base_like_examplegen(tmp_path):
+    from test_criteo import criteo_line
+
+    from components import logschema
+    from components.teacher import read_valid_rows
+
+    rng = random.Random(5)
+    for day in (1, 2):
+        (tmp_path / f"day={day}").mkdir()
+        (tmp_path / f"day={day}" / "part-0.tsv").write_text("\n".join(criteo_line(rng) for _ in range(3)) + "\n")
+    schema = logschema.load_log_schema("criteo")
+    table, _ = read_valid_rows(schema, str(tmp_path / "day=*" / "part-0.tsv"))
+    ids = table.column("impression_id").to_pylist()
+    assert ids[0] == "day=1/part-0.tsv:1" and ids[3] == "day=2/part-0.tsv:1" and len(set(ids)) == 6
+    expected = logschema.relative_source(str(tmp_path / "day=2" / "part-0.tsv"), str(tmp_path)) + ":1"
+    assert ids[3] == expected
