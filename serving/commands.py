@@ -11,8 +11,15 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
+
+# The A/B orchestration lives in serving.ab_orchestration (standard library only at
+# import time); these names stay importable from here (pipelines.demo uses them).
+from serving.ab_orchestration import (  # noqa: F401
+    build_report,
+    print_report,
+    simulate_and_report,
+)
 
 
 def register(subparsers) -> None:
@@ -51,7 +58,9 @@ def register(subparsers) -> None:
     rep.add_argument("--experiment", required=True, help="experiment config (.json/.yaml)")
     rep.add_argument("--events", required=True, help="exposure/outcome JSON Lines log")
     rep.add_argument("--model-config", help="models.config, for each arm's model size")
-    rep.add_argument("--offline", help="JSON arm -> {auc: ...} (written by ab simulate)")
+    rep.add_argument("--offline", help="offline metrics JSON written by ab simulate "
+                     "({data: {label: ...}, arms: {arm: {auc: ...}}}; a bare "
+                     "arm -> {auc: ...} mapping is labelled 'data not stated')")
     rep.add_argument("--out", required=True)
     rep.set_defaults(func=_ab_report)
 
@@ -125,139 +134,15 @@ def _serving_config(args) -> int:
     return 0
 
 
-def _model_info(models_config: str, model_name: str, arm_labels: dict[str, str]) -> dict:
-    from serving.analysis import savedmodel_size
-    from serving.config import parse_models_config
-
-    models = {m.name: m for m in parse_models_config(models_config)}
-    if model_name not in models:
-        raise ValueError(f"{models_config}: no model {model_name!r}")
-    model = models[model_name]
-    info = {}
-    for arm, label in arm_labels.items():
-        if label not in model.labels:
-            raise ValueError(f"{models_config}: model {model_name!r} has no label {label!r}")
-        version = model.labels[label]
-        info[arm] = {"label": label, "version": version,
-                     **savedmodel_size(os.path.join(model.base_path, str(version)))}
-    return info
-
-
-def build_report(experiment_path: str, events_path: str, models_config: str | None,
-                 offline_path: str | None) -> dict:
-    from serving.ab import ExperimentConfig, read_events
-    from serving.analysis import summarize
-
-    exp = ExperimentConfig.from_file(experiment_path)
-    labels = {a.name: a.label for a in exp.arms}
-    info = _model_info(models_config, exp.model_name, labels) if models_config else None
-    offline = None
-    if offline_path:
-        with open(offline_path) as f:
-            offline = json.load(f)
-    report = summarize(read_events(events_path), [a.name for a in exp.arms], exp.control,
-                       exp.shares(), info, offline)
-    report["experiment"] = exp.to_dict()
-    return report
-
-
-def print_report(report: dict) -> None:
-    """The per-arm table `matta ab report` prints (CTR per list, then per item)."""
-    def lift_ci_p(v):
-        if not v:
-            return "control", "", ""
-        return (f"{v['lift'] * 100:+.1f}%", f"[{v['ci95_low'] * 100:+.1f},{v['ci95_high'] * 100:+.1f}]%",
-                f"{v['p_value']:.3f}")
-
-    print(f"{'arm':<10}{'units':>6}{'lists':>7}{'CTR':>8}{'lift':>8}{'95% CI':>16}{'p':>7}"
-          f"{'itemCTR':>9}{'lift':>8}{'95% CI':>16}{'p':>7}{'p50ms':>7}{'p99ms':>7}")
-    for arm, m in report["arms"].items():
-        vc = m.get("vs_control")
-        lift, ci, p = lift_ci_p(vc)
-        ilift, ici, ip = lift_ci_p(vc["item"] if vc else None)
-        print(f"{arm:<10}{m['units']:>6}{m['exposures']:>7}{m['ctr'] * 100:>7.2f}%{lift:>8}{ci:>16}{p:>7}"
-              f"{m['item_ctr'] * 100:>8.2f}%{ilift:>8}{ici:>16}{ip:>7}"
-              f"{m['latency_ms']['p50']:>7.2f}{m['latency_ms']['p99']:>7.2f}")
-    srm = report["srm"]
-    print(f"SRM (units) chi2={srm['chi2']:.3f} p={srm['p_value']:.4f}"
-          + ("  <-- SAMPLE RATIO MISMATCH" if srm["mismatch"] else ""))
-
-
 def _ab_report(args) -> int:
-    from serving.analysis import write_report
+    from serving.analysis import check_out_dir, write_report
 
+    check_out_dir(args.out)  # before reading anything
     report = build_report(args.experiment, args.events, args.model_config, args.offline)
     paths = write_report(report, args.out, title=f"A/B report: {report['experiment']['name']}")
     print_report(report)
     print(f"wrote {paths['json']} and {paths['html']}")
     return 0
-
-
-def simulate_and_report(experiment_path: str, log_path: str, events_path: str, sim_config,
-                        *, teacher_path: str | None = None, server: str | None = None,
-                        model_config: str | None = None, timeout_s: float = 2.0,
-                        report_dir: str | None = None) -> tuple[dict, dict | None]:
-    """`matta ab simulate` as a function: replays `log_path` through the experiment's router.
-
-    Serves from `server` (grpc:// or http://), or from an in-process `matta serve` started
-    on free loopback ports for `model_config`. Returns (run statistics, report or None);
-    the report (JSON + HTML, with each arm's offline AUC on the log when it has labels)
-    is written only when `report_dir` is given, and its paths are under report["paths"].
-    """
-    import numpy as np
-
-    from serving.ab import ABRouter, EventLog, ExperimentConfig
-    from serving.client import make_client
-    from serving.examples import encode_rows, rows_from_table
-    from serving.simulate import (
-        load_log_table,
-        offline_metrics,
-        relevance_from_table,
-        run_simulation,
-    )
-
-    exp = ExperimentConfig.from_file(experiment_path)
-    table = load_log_table(log_path, teacher_path)
-    relevance = relevance_from_table(table)
-    examples = encode_rows(rows_from_table(table))
-    local = None
-    if model_config:
-        from serving.server import ModelServer, ServerOptions
-
-        local = ModelServer.from_config(model_config, ServerOptions(grpc_port=0, rest_port=0)).start()
-        address = f"127.0.0.1:{local.grpc_port}"
-    else:
-        address = server or exp.address
-        if not address:
-            raise ValueError("no server: give --server, --model-config or an experiment address")
-    clients = {}
-    report = None
-    try:
-        clients = {a.name: make_client(a.address or address, timeout_s=timeout_s) for a in exp.arms}
-        with EventLog(events_path) as event_log:
-            router = ABRouter(exp, clients, event_log, timeout_s=timeout_s)
-            stats = run_simulation(router, examples, relevance, sim_config)
-        if report_dir:
-            from serving.analysis import write_report
-
-            os.makedirs(report_dir, exist_ok=True)
-            offline_path = None
-            if "label" in table.column_names:
-                labels = np.asarray(table.column("label").to_pylist(), dtype=np.float64)
-                offline = offline_metrics(clients[exp.control], exp.model_name,
-                                          {a.name: a.label for a in exp.arms}, examples, labels)
-                offline_path = os.path.join(report_dir, "offline_metrics.json")
-                with open(offline_path, "w") as f:
-                    json.dump(offline, f, indent=2)
-            report = build_report(experiment_path, events_path, model_config, offline_path)
-            report["simulation"] = stats
-            report["paths"] = write_report(report, report_dir, title=f"A/B simulation: {exp.name}")
-    finally:
-        for c in clients.values():
-            c.close()
-        if local is not None:
-            local.stop()
-    return stats, report
 
 
 def _ab_simulate(args) -> int:
