@@ -26,18 +26,13 @@ import numpy as np
 import tensorflow as tf
 
 import matta_tf  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from components.trainer_config import check_optimizer
+from components.trainer_config import ranker_dict as trainer_ranker_dict
 
 CONFIG_FILE = "ranker_config.json"
 CHECKPOINT_DIR = "checkpoint"
 VOCAB_DIR = "vocab"
 INFO_FILE = "train_info.json"
-
-DEFAULT_RANKER = {
-    "student": {"embedding_dim": 4, "cross_layers": 1, "mlp_widths": [16]},
-    "ta_expansion": {"embedding_dim": 2.0, "cross_rank": 2.0, "mlp_width": 2.0},
-    "warmup_steps": 50,
-}
-
 
 def feature_block(tft_output, transform_config: dict) -> dict:
     """The RankerConfig `features` dict for transformed inputs (num_ids from vocab sizes)."""
@@ -69,14 +64,12 @@ def transformed_dataset(file_pattern, tft_output, batch_size: int, shuffle: bool
 
 
 def make_optimizer(name: str, learning_rate: float):
-    if name in ("shampoo", "auto"):
-        try:
-            from matta_tf.optimizers import Shampoo
-        except ImportError:
-            if name == "shampoo":
-                raise
-        else:
-            return Shampoo(learning_rate=learning_rate), "shampoo"
+    """Shampoo (matta's own, always available) or tf_keras Adam; anything else is an error."""
+    check_optimizer(name)
+    if name == "shampoo":
+        from matta_tf.optimizers import Shampoo
+
+        return Shampoo(learning_rate=learning_rate), "shampoo"
     return tf.keras.optimizers.Adam(learning_rate=learning_rate), "adam"
 
 
@@ -196,8 +189,8 @@ def run_fn(fn_args):
     cc = dict(fn_args.custom_config or {})
     transform_config = cc["transform"]
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
-    ranker_dict = {**DEFAULT_RANKER, **cc.get("ranker", {})}
-    ranker_dict["features"] = feature_block(tft_output, transform_config)
+    ranker_dict = trainer_ranker_dict(cc.get("ranker", {}), feature_block(tft_output, transform_config),
+                                      where="Trainer custom_config ranker")
     batch_size = int(cc.get("batch_size", 256))
     model = build_model(ranker_dict)
 
@@ -209,7 +202,7 @@ def run_fn(fn_args):
         print(f"[matta trainer] warm start from {base_model}: "
               f"{info['warm_start']['copied']} copied, {info['warm_start']['remapped']} remapped")
 
-    optimizer, opt_name = make_optimizer(cc.get("optimizer", "auto"),
+    optimizer, opt_name = make_optimizer(cc.get("optimizer", "shampoo"),
                                          float(cc.get("learning_rate", 3e-3)))
     model.compile(optimizer=optimizer)
     train = transformed_dataset(fn_args.train_files, tft_output, batch_size, shuffle=True,

@@ -7,6 +7,19 @@ import os
 from typing import Any
 
 
+def _check_types(config) -> None:
+    """Scalar fields have the type their annotation names (YAML `train_steps: 1e3` or
+    `batch_size: "256"` are errors, not surprises in the Trainer)."""
+    expected = {"int": int, "float": (int, float), "str": str, "bool": bool}
+    for field in dataclasses.fields(config):
+        want = expected.get(str(field.type))
+        value = getattr(config, field.name)
+        if want is None:
+            continue
+        if isinstance(value, bool) and want is not bool or not isinstance(value, want):
+            raise ValueError(f"pipeline config: {field.name} must be {field.type}, got {value!r}")
+
+
 @dataclasses.dataclass
 class PipelineConfig:
     """One MatTA TFX pipeline. Relative paths resolve against the config file's folder.
@@ -33,7 +46,7 @@ class PipelineConfig:
     eval_steps: int = 50
     batch_size: int = 256
     epochs: int = 1
-    optimizer: str = "auto"  # auto (Shampoo if available) | shampoo | adam
+    optimizer: str = "shampoo"  # shampoo | adam
     learning_rate: float = 3e-3
     oov_buckets: int = 2
     vocab_top_k: int | None = 10_000
@@ -47,7 +60,14 @@ class PipelineConfig:
     warm_start_uri: str | None = None
 
     def __post_init__(self):
+        from components.trainer_config import check_optimizer, ranker_dict
+
         self.arms = tuple(self.arms)
+        # Validated here, so a typo fails on load (`pipeline compile` / `run`), not in the
+        # Trainer after ExampleGen and Transform ran.
+        ranker_dict(self.ranker, where="pipeline config: ranker")
+        check_optimizer(self.optimizer, where="pipeline config: optimizer")
+        _check_types(self)
         if self.direct_running_mode not in ("multi_processing", "multi_threading", "in_memory"):
             raise ValueError(f"pipeline config: direct_running_mode {self.direct_running_mode!r} is "
                              "not multi_processing, multi_threading or in_memory")
