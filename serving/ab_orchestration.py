@@ -136,7 +136,8 @@ def simulate_and_report(experiment_path: str, log_path: str, events_path: str, s
     Serves from `server` (grpc:// or http://), or from an in-process `matta serve` started
     on free loopback ports for `model_config`. Returns (run statistics, report or None);
     the report (JSON + HTML, with each arm's offline AUC on the log when it has labels)
-    is written only when `report_dir` is given, and its paths are under report["paths"].
+    is written only when `report_dir` is given, and its paths are under report["paths"];
+    then a run in which no request succeeded is a ValueError (nothing to report).
     """
     from serving.ab import ABRouter, EventLog, ExperimentConfig
     from serving.analysis import check_out_dir, json_safe, write_report
@@ -167,7 +168,10 @@ def simulate_and_report(experiment_path: str, log_path: str, events_path: str, s
         with EventLog(events_path) as event_log:
             router = ABRouter(exp, clients, event_log, timeout_s=timeout_s)
             stats = run_simulation(router, examples, relevance, sim_config)
-        if report_dir and stats["requests"] > 0:
+        if report_dir and stats["requests"] == 0:
+            raise ValueError(f"no request succeeded ({stats['errors']} failed; first error: "
+                             f"{stats.get('first_error')}), so there is no report")
+        if report_dir:
             os.makedirs(report_dir, exist_ok=True)
             offline_path = None
             offline = replay_offline_metrics(clients[exp.control], exp, log_path, table, examples)

@@ -379,3 +379,33 @@ def test_unreadable_lines_are_reported_everywhere(tmp_path, capsys):
     assert "3 unreadable event-log lines skipped." in page
     assert _first_body_element(page).attrs.get("id") == "decision"
     assert _report({"c": (200, 20), "a": (200, 30)})["unreadable_lines"] is None
+
+
+def test_simulate_with_no_successful_request_is_an_error_not_an_empty_report(tmp_path):
+    import socket
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from serving.ab_orchestration import simulate_and_report
+    from serving.simulate import SimulationConfig
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "log.parquet"
+    pq.write_table(pa.table({"I1": [1.0] * 20, "click_prob": [0.2] * 20}), log)
+    exp = _experiment(tmp_path)
+    out = tmp_path / "report"
+    cfg = SimulationConfig(num_requests=3, items_per_request=5, concurrency=1, max_seconds=30)
+    with pytest.raises(ValueError, match=r"no request succeeded \(3 failed; first error: .*\), so "
+                                         "there is no report"):
+        simulate_and_report(exp, str(log), str(tmp_path / "e.jsonl"), cfg,
+                            server=f"http://127.0.0.1:{port}", timeout_s=0.5, report_dir=str(out))
+    assert not out.exists()
+    # A --report-dir that is a file is refused before anything runs.
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="exists and is not a directory"):
+        simulate_and_report(exp, str(log), str(tmp_path / "e2.jsonl"), cfg,
+                            server=f"http://127.0.0.1:{port}", report_dir=str(tmp_path / "file"))
+    assert not (tmp_path / "e2.jsonl").exists()
