@@ -304,9 +304,11 @@ class LossWeights:
 
     L = student*BCE(s, y) + ta*BCE(t, y) + teacher*[KD(T->s) + KD(T->t)]
         + ta_to_student*ramp(step)*KD(sg(t)->s)
-        + mixnmatch*[BCE(m, y) + KD(T->m) + ramp(step)*KD(sg(t)->m)]
+        + mixnmatch*[student*BCE(m, y) + teacher*KD(T->m) + ta_to_student*ramp(step)*KD(sg(t)->m)]
 
-    where m is one sampled Mix'n'Match submodel (`mixnmatch_training="sampled"`) or the
+    (a Mix'n'Match size m is trained like the Student, scaled by `mixnmatch`; with the
+    default weights of 1 this is mixnmatch*[BCE + KD(T->m) + ramp*KD(sg(t)->m)]), where m
+    is one sampled Mix'n'Match submodel (`mixnmatch_training="sampled"`) or the
     bracket is summed over every trained `mix_k` (`mixnmatch_training="all"`).
     """
 
@@ -345,8 +347,9 @@ class RankerConfig:
     * ``"sampled"`` (default): one of them, chosen at random, per step (slimmable /
       MatFormer style), with weight `loss_weights.mixnmatch`;
     * ``"all"``: every one of them every step, each with its own BCE + teacher-KD +
-      ramped TA-KD terms at weight `loss_weights.mixnmatch` (the encoding is shared, so
-      the extra cost is one cross/MLP forward and backward per size).
+      ramped TA-KD terms, weighted like the Student's times `loss_weights.mixnmatch`
+      (the encoding is shared, so the extra cost is one cross/MLP forward and backward
+      per size).
 
     `size_heads` chooses the logit head of each *trained* size (Student, `mix_k`, TA):
 

@@ -16,10 +16,11 @@ warm-up ramp 0 -> 1 and KD(z_t -> z) = T^2 * CE(sigmoid(z_t / T), sigmoid(z / T)
 
     L = w_s BCE(s, y) + w_ta BCE(t, y) + w_t [KD(teacher -> s) + KD(teacher -> t)]
         + w_d r(step) KD(stop_gradient(t) -> s)
-        + w_m [BCE(m, y) + KD(teacher -> m) + r(step) KD(stop_gradient(t) -> m)]
+        + w_m [w_s BCE(m, y) + w_t KD(teacher -> m) + w_d r(step) KD(stop_gradient(t) -> m)]
 
-where m is one sampled Mix'n'Match size (`mixnmatch_training="sampled"`) or the bracket
-is summed over every trained size `mix_k` (`"all"`). With `size_heads="own"` / `"affine"`
+(a Mix'n'Match size m is trained like the Student, scaled by w_m), where m is one
+sampled Mix'n'Match size (`mixnmatch_training="sampled"`) or the bracket is summed over
+every trained size `mix_k` (`"all"`). With `size_heads="own"` / `"affine"`
 each trained size reads its logit through its own head / calibration (see
 `RankerConfig`); the trunk stays nested.
 
@@ -106,7 +107,8 @@ def matta_loss_terms(labels, student, ta, teacher, has_teacher, ramp, weights, t
     `mixnmatch`: None, the logits of one sampled Mix'n'Match size (terms `mixnmatch_bce`,
     `teacher_kd_mixnmatch`, `ta_kd_mixnmatch`), or a dict {name: logits} of sizes that
     are all trained (terms `<name>_bce`, `teacher_kd_<name>`, `ta_kd_<name>` each, each
-    size weighted `weights.mixnmatch`; the `mixnmatch_*` terms are then their means)."""
+    size weighted `weights.mixnmatch`; the `mixnmatch_*` terms are then their means).
+    A Mix'n'Match size's terms are weighted like the Student's, times `weights.mixnmatch`."""
     terms = {
         "student_bce": tf.reduce_mean(binary_cross_entropy(student, labels)),
         "ta_bce": tf.reduce_mean(binary_cross_entropy(ta, labels)),
@@ -122,8 +124,9 @@ def matta_loss_terms(labels, student, ta, teacher, has_teacher, ramp, weights, t
             terms[f"{name}_bce"] = tf.reduce_mean(binary_cross_entropy(logits, labels))
             terms[f"teacher_kd_{name}"] = masked_mean(distillation_loss(logits, teacher, temperature), has_teacher)
             terms[f"ta_kd_{name}"] = tf.reduce_mean(distillation_loss(logits, tf.stop_gradient(ta), temperature))
-            total += weights.mixnmatch * (terms[f"{name}_bce"] + terms[f"teacher_kd_{name}"]
-                                          + ramp * terms[f"ta_kd_{name}"])
+            total += weights.mixnmatch * (weights.student * terms[f"{name}_bce"]
+                                          + weights.teacher * terms[f"teacher_kd_{name}"]
+                                          + weights.ta_to_student * ramp * terms[f"ta_kd_{name}"])
         if mixnmatch:
             for prefix, suffix in (("", "_bce"), ("teacher_kd_", ""), ("ta_kd_", "")):
                 key = f"{prefix}mixnmatch{suffix}"
@@ -134,8 +137,9 @@ def matta_loss_terms(labels, student, ta, teacher, has_teacher, ramp, weights, t
             distillation_loss(mixnmatch, teacher, temperature), has_teacher)
         terms["ta_kd_mixnmatch"] = tf.reduce_mean(
             distillation_loss(mixnmatch, tf.stop_gradient(ta), temperature))
-        total += weights.mixnmatch * (terms["mixnmatch_bce"] + terms["teacher_kd_mixnmatch"]
-                                      + ramp * terms["ta_kd_mixnmatch"])
+        total += weights.mixnmatch * (weights.student * terms["mixnmatch_bce"]
+                                      + weights.teacher * terms["teacher_kd_mixnmatch"]
+                                      + weights.ta_to_student * ramp * terms["ta_kd_mixnmatch"])
     terms["loss"] = total
     return terms
 

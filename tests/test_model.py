@@ -236,10 +236,11 @@ def test_mixnmatch_sampling_and_other_optimizers():
     assert np.isfinite(history["loss"][-1])
     evaluated = model.evaluate(table_to_dataset(table, FEATURES, 512), return_dict=True, verbose=0)
     assert "mixnmatch_bce" not in evaluated and evaluated["student_auc"] > 0  # not sampled at eval
-    # The sampled term really reaches weights: with only the Mix'n'Match term on, an
-    # SGD step changes embedding columns beyond the Student's (used by both mixes).
+    # The sampled term really reaches weights: with only the Student's BCE and the
+    # Mix'n'Match term (weighted like the Student's) on, a step changes embedding columns
+    # beyond the Student's (used by both mixes).
     only_mix = MatTARanker(tiny_config(mixnmatch_train_specs=2, loss_weights=LossWeights(
-        student=0, ta=0, teacher=0, ta_to_student=0, mixnmatch=1.0), warmup_steps=0))
+        student=1.0, ta=0, teacher=0, ta_to_student=0, mixnmatch=1.0), warmup_steps=0))
     only_mix.compile(optimizer=tf.keras.optimizers.Adagrad(0.1), run_eagerly=True)
     before = only_mix.network.embeddings[0].embeddings.numpy().copy()
     features, labels = batch(64)
@@ -268,7 +269,9 @@ def test_all_mixnmatch_loss_terms_match_float64_reference():
                 f"ta_kd_{name}": _np_kd(m, ta, 2.0).mean()}
         for key, value in want.items():
             assert abs(float(terms[key]) - value) < 1e-5 * max(1.0, value), key
-        extra += 0.6 * (want[f"{name}_bce"] + want[f"teacher_kd_{name}"] + ramp * want[f"ta_kd_{name}"])
+        # Weighted like the Student's terms, times w_m.
+        extra += 0.6 * (0.7 * want[f"{name}_bce"] + 0.4 * want[f"teacher_kd_{name}"]
+                        + 2.0 * ramp * want[f"ta_kd_{name}"])
     assert abs(float(terms["loss"]) - float(base["loss"]) - extra) < 1e-4
     assert abs(float(terms["mixnmatch_bce"]) - (_np_bce(m1, y).mean() + _np_bce(m2, y).mean()) / 2) < 1e-5
 
