@@ -794,11 +794,11 @@ def write_report(report: Mapping, out_dir: str, title: str = "A/B experiment rep
 
 def savedmodel_size(saved_model_dir: str) -> dict:
     """Parameter count (from the variables checkpoint) and bytes on disk of a SavedModel."""
-    import tensorflow as tf
-
     params = 0
     prefix = os.path.join(saved_model_dir, "variables", "variables")
     if os.path.exists(prefix + ".index"):
+        import tensorflow as tf
+
         for name, shape in tf.train.list_variables(prefix):
             if name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH") or "OPTIMIZER_SLOT" in name \
                     or "save_counter" in name:

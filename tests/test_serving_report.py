@@ -409,3 +409,34 @@ def test_simulate_with_no_successful_request_is_an_error_not_an_empty_report(tmp
         simulate_and_report(exp, str(log), str(tmp_path / "e2.jsonl"), cfg,
                             server=f"http://127.0.0.1:{port}", report_dir=str(tmp_path / "file"))
     assert not (tmp_path / "e2.jsonl").exists()
+
+
+def test_costs_come_from_models_config_and_students_json(tmp_path, capsys):
+    """The StudentExtractor writes students.json (params, multiply-adds per arm label) next
+    to models.config; the report's 'keep the cheapest' uses the multiply-adds."""
+    layout = tmp_path / "students"
+    for version in (1, 2):
+        (layout / "ranker" / str(version)).mkdir(parents=True)
+        (layout / "ranker" / str(version) / "saved_model.pb").write_bytes(b"x" * 10 * version)
+    (layout / "models.config").write_text(f"""model_config_list {{
+  config {{
+    name: "ranker"
+    base_path: "{layout / 'ranker'}"
+    model_platform: "tensorflow"
+    model_version_policy {{ specific {{ versions: 1 versions: 2 }} }}
+    version_labels {{ key: "c" value: 1 }}
+    version_labels {{ key: "a" value: 2 }}
+  }}
+}}
+""")
+    (layout / "students.json").write_text(json.dumps({"model_name": "ranker", "arms": {
+        "c": {"version": 1, "params": 900, "madds_per_example": 5000},
+        "a": {"version": 2, "params": 400, "madds_per_example": 3000}}}))
+    exp = _experiment(tmp_path)
+    events = _write_events(tmp_path / "e.jsonl", _events({"c": (300, 30), "a": (300, 31)}))
+    report = build_report(exp, events, str(layout / "models.config"), None)
+    a = report["arms"]["a"]["model"]
+    assert (a["label"], a["version"], a["madds_per_example"], a["bytes_on_disk"]) == ("a", 2, 3000, 20)
+    d = report["decision"]
+    assert (d["outcome"], d["arm"], d["cost_key"]) == ("no_difference", "a", "madds_per_example")
+    assert "keep the cheapest (a: " in d["text"] and "3,000 multiply-adds/example)" in d["text"]
