@@ -654,7 +654,7 @@ def unreadable_text(report: Mapping) -> str | None:
 def render_html(report: Mapping, title: str = "A/B experiment report") -> str:
     """The HTML report; its first element is the decision."""
     charts = render_charts(report)
-    rows = []
+    rows, cost_rows = [], []
     for arm, m in report["arms"].items():
         vc = m.get("vs_control", {})
         vci = vc.get("item", {})
@@ -672,7 +672,10 @@ def render_html(report: Mapping, title: str = "A/B experiment report") -> str:
                 _fmt(vc.get("mde_rel"), True) if vc else "-",
                 _fmt(m["item_ctr"], True), _fmt(vci.get("lift"), True) if vci else "-", ci(vci),
                 _fmt(vci.get("p_value")) if vci else "-",
-                _fmt(vci.get("mde_rel"), True) if vci else "-", m["fallbacks"],
+                _fmt(vci.get("mde_rel"), True) if vci else "-"]) + "</tr>")
+        cost_rows.append(
+            "<tr>" + "".join(f"<td>{c}</td>" for c in [
+                html.escape(arm), m["fallbacks"],
                 _fmt(m["latency_ms"]["p50"]), _ci_text(*lci.get("p50", (None, None))),
                 _fmt(m["latency_ms"]["p95"]),
                 _fmt(m["latency_ms"]["p99"]), _ci_text(*lci.get("p99", (None, None))),
@@ -685,9 +688,9 @@ def render_html(report: Mapping, title: str = "A/B experiment report") -> str:
                      for k, v in charts.items())
     head = ["arm", "units", "exposures", "clicked", "CTR", "design effect", "lift", "95% CI", "p-value",
             "Holm p", "MDE (80% power)",
-            "item CTR", "item lift", "item 95% CI", "item p-value", "item MDE", "fallbacks",
-            "p50 ms", "p50 95% CI", "p95 ms", "p99 ms", "p99 95% CI", "params",
-            "multiply-adds / example", "offline AUC"]
+            "item CTR", "item lift", "item 95% CI", "item p-value", "item MDE"]
+    cost_head = ["arm", "fallbacks", "p50 ms", "p50 95% CI", "p95 ms", "p99 ms", "p99 95% CI",
+                 "params", "multiply-adds / example", "offline AUC"]
     decision = report["decision"]
     unreadable = unreadable_text(report)
     label = offline_label(report)
@@ -709,7 +712,9 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
 {report['total_exposures']}; failed requests: {report['failed_requests']}.</p>
 {''.join(notes)}
 <p>Sample-ratio check (units, i.e. what was randomised): {srm_text}.</p>
-<table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{''.join(rows)}</table>
+<table id="metrics"><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{''.join(rows)}</table>
+<p>Serving latency (router end to end), cost and offline quality:</p>
+<table id="cost"><tr>{''.join(f'<th>{h}</th>' for h in cost_head)}</tr>{''.join(cost_rows)}</table>
 <p>CTR = exposures with at least one click / exposures. Variances account for units that
 saw several lists (delta method for a ratio of per-unit sums, as a design effect; 1 = every
 unit one list). Lift CI: delta method on the log ratio; p-value: pooled two-proportion
