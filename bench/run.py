@@ -53,9 +53,16 @@ def machine() -> dict:
             "processor": platform.processor() or platform.machine()}
 
 
+METHODS = ("matta", "alone", "kd", "tfrs")
+
+
 def run_quality(data, base: RankerConfig, settings: quality.TrainSettings, seeds: int,
-                optimizers: list[str], mix_sizes: int, log=print) -> dict:
-    """Trains every arm and returns {"runs": [...], "summary": {...}}."""
+                optimizers: list[str], mix_sizes: int, log=print, methods=METHODS,
+                only_sizes: list[str] | None = None) -> dict:
+    """Trains every arm and returns {"runs": [...], "summary": {...}}.
+
+    `tfrs` (the plain TFRS/Keras reference of the Student's architecture, see
+    bench/tfrs_reference.py) runs with Adam at the Student size only."""
     from matta_tf.datasets import table_to_dataset
     from matta_tf.extract import cost
 
@@ -64,31 +71,46 @@ def run_quality(data, base: RankerConfig, settings: quality.TrainSettings, seeds
     eval_ds = table_to_dataset(data.eval, data.features, batch_size=4096)
     eval_batches = list(eval_ds)
     labels = np.concatenate([y.numpy() for _, y in eval_batches])
+    trained_sizes = {k: v for k, v in sizes.items() if not only_sizes or k in only_sizes}
     runs = []
     for optimizer in optimizers:
         for seed in range(seeds):
             train_ds = table_to_dataset(data.train, data.features, batch_size=settings.batch_size,
                                         shuffle_seed=seed, repeat=True)
 
+            def log_row(row):
+                runs.append(row)
+                log(f"  {row['optimizer']:7s} seed {row['seed']} {row['method']:6s} {row['size']:8s} "
+                    f"auc {row['auc']:.4f} logloss {row['logloss']:.4f} ({row['train_seconds']:.1f}s)")
+
             def record(method, size, model, seconds, spec, optimizer=optimizer, seed=seed):
                 m = quality.eval_spec(model, spec, eval_batches, labels)
-                row = {"optimizer": optimizer, "seed": seed, "method": method, "size": size,
-                       "train_seconds": seconds, **cost(base.features, spec), **m}
-                runs.append(row)
-                log(f"  {optimizer:7s} seed {seed} {method:6s} {size:8s} auc {m['auc']:.4f} "
-                    f"logloss {m['logloss']:.4f} ({seconds:.1f}s)")
+                log_row({"optimizer": optimizer, "seed": seed, "method": method, "size": size,
+                         "train_seconds": seconds, **cost(base.features, spec), **m})
 
-            config = quality.arm_config(base, student, ta, base.loss_weights, seed, settings,
-                                        mixnmatch_train_specs=base.mixnmatch_train_specs)
-            model, seconds = quality.train(config, train_ds, optimizer, settings)
-            for size, spec in sizes.items():
-                record("matta", size, model, seconds, spec)
-            for size, spec in sizes.items():
+            if "matta" in methods:
+                config = quality.arm_config(base, student, ta, base.loss_weights, seed, settings,
+                                            mixnmatch_train_specs=base.mixnmatch_train_specs)
+                model, seconds = quality.train(config, train_ds, optimizer, settings)
+                for size, spec in trained_sizes.items():
+                    record("matta", size, model, seconds, spec)
+            for size, spec in trained_sizes.items():
                 for method, weights in (("alone", quality.ALONE), ("kd", quality.KD)):
+                    if method not in methods:
+                        continue
                     config = quality.arm_config(base, spec, spec, weights, seed, settings)
                     model, seconds = quality.train(config, train_ds, optimizer, settings)
                     record(method, size, model, seconds, spec)
-    return {"runs": runs, "summary": summarise(runs), "sizes": {k: v.to_dict() for k, v in sizes.items()}}
+            if "tfrs" in methods and optimizer == "adam" and "student" in trained_sizes:
+                from bench import tfrs_reference
+
+                m, params, seconds = tfrs_reference.train_and_eval(
+                    data.features, student, train_ds, eval_batches, labels, settings.steps,
+                    settings.adam_lr, seed)
+                log_row({"optimizer": optimizer, "seed": seed, "method": "tfrs", "size": "student",
+                         "train_seconds": seconds, **cost(base.features, student), "params": params, **m})
+    return {"runs": runs, "summary": summarise(runs),
+            "sizes": {k: v.to_dict() for k, v in trained_sizes.items()}}
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -261,6 +283,12 @@ def markdown(result: dict) -> str:
              "Commands: " + ", ".join(f"`{c}`" for c in result["commands"])
              + f"; machine: {result['machine']['cpus']} CPUs, {result['machine']['platform']}; "
              f"{result['settings']}; teacher: {result['teacher']}.", ""]
+    o = result.get("data_options")
+    if o:
+        cap = f"hashed above {o['max_vocabulary']:,} values" if o.get("max_vocabulary") else "no hashing cap"
+        lines += [f"Data: {o['rows']['train']:,} train / {o['rows']['validation']:,} validation (tuning only) / "
+                  f"{o['rows']['eval']:,} eval rows; categorical features with exact vocabularies from the "
+                  f"train split (min count {o['min_count']}, {cap}).", ""]
     if q:
         s = q["summary"]
         for opt in [o for o in ("adam", "shampoo") if o in s]:
@@ -277,6 +305,15 @@ def markdown(result: dict) -> str:
                 lines.append(f"| {size} | {any_row['params']:,} | {any_row['madds_per_example']:,} | "
                              + " | ".join(cells) + " |")
             lines.append("")
+            ref = s[opt].get("student", {})
+            if "tfrs" in ref and "alone" in ref:
+                t, a = ref["tfrs"], ref["alone"]
+                lines += [f"TFRS reference ({opt}; plain `tfrs.layers.dcn.Cross` + Dense + StringLookup/"
+                          f"Embedding, the Student's architecture, {t['params']:,} params; same data, steps, "
+                          f"batch, learning rate): AUC {fmt(t['auc'])} (log-loss {fmt(t['logloss'])}); matta "
+                          f"labels-only Student {fmt(a['auc'])} (log-loss {fmt(a['logloss'])}): "
+                          f"matta - TFRS = {a['auc']['mean'] - t['auc']['mean']:+.4f} AUC, "
+                          f"{a['logloss']['mean'] - t['logloss']['mean']:+.4f} log-loss.", ""]
         if "q3" in s:
             g = s["q3"]
             lines += [f"Q3 (Student AUC gains over Adam/alone): MatTA+Adam {g['gain_matta_adam']:+.4f}, "
@@ -365,12 +402,29 @@ def main(argv=None) -> int:
     mode.add_argument("--smoke", action="store_true", help="tiny run: checks the harness only")
     mode.add_argument("--full", action="store_true", help="the full run (default)")
     parser.add_argument("--data", default="generated",
-                        help="generated | criteo:DIR | schema:SCHEMA_FILE:TRAIN_GLOB:EVAL_GLOB")
+                        help="generated (oracle teacher) | generated:fitted | movielens | criteo:DIR | "
+                             "schema:SCHEMA_FILE:TRAIN_GLOB:EVAL_GLOB; all but `generated` use the "
+                             "project's cross-fitted teacher")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="ranker config (Student/TA sizes, loss weights)")
     parser.add_argument("--seeds", type=int)
     parser.add_argument("--steps", type=int, help="training steps per arm (default: the profile's)")
     parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--teacher-steps", type=int, help="steps of the fitted teacher (logs without teacher logits)")
+    parser.add_argument("--teacher-steps", type=int, help="steps per fold model of the fitted teacher")
+    parser.add_argument("--folds", type=int, default=bench_data.DEFAULT_FOLDS,
+                        help="cross-fitting folds of the fitted teacher (1: none - then it scores its own "
+                             "training rows and the bench refuses)")
+    parser.add_argument("--min-count", type=int, default=bench_data.DEFAULT_MIN_COUNT,
+                        help="occurrences (in the train split) a categorical value needs for its own row")
+    parser.add_argument("--max-vocabulary", type=int, default=None,
+                        help="hash a categorical feature with a larger vocabulary into this many buckets "
+                             "(default: no cap)")
+    parser.add_argument("--validation-fraction", type=float, default=bench_data.VALIDATION_FRACTION,
+                        help="last part of the train period (by time) held out as the validation split")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help="comma list of quality arms: matta, alone, kd, tfrs (TFRS reference, Adam, "
+                             "Student size)")
+    parser.add_argument("--sizes", default=None,
+                        help="comma list of sizes to train (student, mix_1.., ta; default all)")
     parser.add_argument("--optimizers", default="adam,shampoo")
     parser.add_argument("--mix-sizes", type=int, default=1, help="Mix'n'Match sizes between Student and TA")
     parser.add_argument("--only", default="quality,throughput,ingestion",
@@ -394,16 +448,23 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     log(f"bench: loading data {args.data} ({profile_name})")
-    data = bench_data.load(args.data, prof["train_rows"], prof["eval_rows"], prof["teacher_steps"],
-                           small=args.smoke)
-    log(f"bench: {data.train.num_rows} train / {data.eval.num_rows} eval rows; teacher: {data.teacher}")
+    opts = bench_data.DataOptions(teacher_steps=prof["teacher_steps"], folds=args.folds, min_count=args.min_count,
+                                  max_vocabulary=args.max_vocabulary,
+                                  validation_fraction=args.validation_fraction)
+    data = bench_data.load(args.data, prof["train_rows"], prof["eval_rows"], opts, small=args.smoke, log=log)
+    n_val = data.validation.num_rows if data.validation is not None else 0
+    log(f"bench: {data.train.num_rows} train / {n_val} validation / {data.eval.num_rows} eval rows; "
+        f"teacher: {data.teacher}")
     base = RankerConfig.from_yaml(args.config)
     base = RankerConfig.from_dict({**base.to_dict(), "features": data.features.to_dict(), "ta_expansion": None})
     settings = quality.TrainSettings(steps=prof["steps"], batch_size=prof["batch_size"],
                                      warmup_steps=max(1, prof["steps"] // 4))
     command = "python -m bench.run " + " ".join(sys.argv[1:] if argv is None else argv)
     result = {"data": data.name, "profile": profile_name, "seeds": prof["seeds"], "teacher": data.teacher,
-              "machine": machine(), "settings": {k: v for k, v in vars(settings).items()}}
+              "machine": machine(), "settings": {k: v for k, v in vars(settings).items()},
+              "data_options": {**vars(opts), "rows": {"train": data.train.num_rows, "validation": n_val,
+                                                      "eval": data.eval.num_rows}},
+              "teacher_metrics": data.teacher_metrics}
     # Smoke results never overwrite the full run's committed results.
     out_dir = os.path.join(args.out, data.name.replace(":", "_") + ("-smoke" if args.smoke else ""))
     os.makedirs(out_dir, exist_ok=True)
@@ -417,7 +478,8 @@ def main(argv=None) -> int:
             if "quality" not in parts:
                 # The header's settings and teacher describe the quality arms: a later run of
                 # other parts (with other flags) must not relabel them.
-                kept = {k: previous[k] for k in ("settings", "teacher", "seeds") if k in previous}
+                kept = {k: previous[k] for k in ("settings", "teacher", "seeds", "data_options", "teacher_metrics")
+                        if k in previous}
             result = {**previous, **result, **kept,
                       "commands": previous.get("commands", [previous.get("command")])}
     result["commands"] = [c for c in result.get("commands", []) if c and c != command]
@@ -427,7 +489,8 @@ def main(argv=None) -> int:
     if "quality" in parts:
         log("bench: Q1-Q3 quality arms")
         result["quality"] = run_quality(data, base, settings, prof["seeds"], args.optimizers.split(","),
-                                        args.mix_sizes, log)
+                                        args.mix_sizes, log, methods=args.methods.split(","),
+                                        only_sizes=args.sizes.split(",") if args.sizes else None)
     if "throughput" in parts:
         log("bench: P1 training throughput")
         result["throughput"] = run_throughput(data, base, settings, prof["throughput_steps"], log)

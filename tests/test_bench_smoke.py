@@ -22,9 +22,15 @@ def test_bench_smoke_writes_wellformed_results(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((out / "generated-smoke" / "results.json").read_text())
     runs = result["quality"]["runs"]
-    # 2 optimizers x (1 MatTA run read at 3 sizes + alone/kd at each of the 3 sizes).
-    assert len(runs) == 2 * (3 + 2 * 3)
-    assert {r["method"] for r in runs} == {"alone", "kd", "matta"}
+    # 2 optimizers x (1 MatTA run read at 3 sizes + alone/kd at each of the 3 sizes), plus
+    # the TFRS reference (Adam, Student size).
+    assert len(runs) == 2 * (3 + 2 * 3) + 1
+    assert {r["method"] for r in runs} == {"alone", "kd", "matta", "tfrs"}
+    tfrs = [r for r in runs if r["method"] == "tfrs"]
+    alone = [r for r in runs if (r["method"], r["size"], r["optimizer"]) == ("alone", "student", "adam")]
+    assert tfrs[0]["optimizer"] == "adam" and tfrs[0]["size"] == "student"
+    assert tfrs[0]["params"] == alone[0]["params"]  # the same architecture, built from plain TFRS layers
+    assert result["data_options"]["rows"]["validation"] > 0
     assert {r["size"] for r in runs} == {"student", "mix_1", "ta"}
     for r in runs:
         assert 0.0 <= r["auc"] <= 1.0 and math.isfinite(r["logloss"]) and r["params"] > 0
@@ -37,6 +43,7 @@ def test_bench_smoke_writes_wellformed_results(tmp_path):
     ingestion = result["ingestion"]
     assert ingestion["counts"]["rows_in"] == ingestion["rows"]
     assert (out / "generated-smoke" / "summary.md").read_text().startswith("### Results")
+    assert "TFRS reference (adam" in (out / "generated-smoke" / "summary.md").read_text()
     assert (out / "generated-smoke" / "frontier.png").stat().st_size > 1000
 
     # `--only report` re-renders from results.json with the serving benchmark's numbers (P2)
