@@ -36,6 +36,11 @@ def register(subparsers) -> None:
     serve.add_argument("--no-warmup", action="store_true")
     serve.add_argument("--file-system-poll-wait-seconds", type=float, default=1.0,
                        help="rescan 'latest'/'all' models for new versions this often (0 = never)")
+    serve.add_argument("--max-batch-size", type=int, default=8192,
+                       help="most instances (0th dimension) per request; more is INVALID_ARGUMENT")
+    serve.add_argument("--max-decoded-bytes", type=int, default=0,
+                       help="most bytes a request's input tensors may decode to, checked from "
+                            "their declared shapes before allocating (0 = 8 x --max-request-bytes)")
     serve.set_defaults(func=_serve)
 
     cfg = subparsers.add_parser("serving", help="TF Serving deployment artifacts")
@@ -94,7 +99,9 @@ def _serve(args) -> int:
                             max_request_bytes=args.max_request_bytes,
                             max_concurrency=args.max_concurrency, grpc_threads=args.grpc_threads,
                             grace_s=args.grace_seconds, warmup=not args.no_warmup,
-                            poll_seconds=args.file_system_poll_wait_seconds)
+                            poll_seconds=args.file_system_poll_wait_seconds,
+                            max_batch_size=args.max_batch_size,
+                            max_decoded_bytes=args.max_decoded_bytes)
     server = ModelServer.from_config(args.model_config, options).start()
     # One machine-readable line so scripts (bench, tests) can find the ports.
     print(f"READY grpc={server.grpc_port} rest={server.rest_port}", flush=True)

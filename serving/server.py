@@ -19,22 +19,38 @@ NOT_FOUND ("Servable not found for request: ..."); unknown version label ->
 INVALID_ARGUMENT ("Unrecognized servable version label: ..."); malformed input ->
 INVALID_ARGUMENT.
 
-Hardening: request bodies above `max_request_bytes` are refused before being read (REST 413,
-gRPC RESOURCE_EXHAUSTED via max_receive_message_length); model names and labels must
-match `serving.config.NAME_PATTERN` and are only ever looked up in the loaded table, never
-joined into a path; at most `max_concurrency` predictions run at once and the rest wait
-up to `queue_timeout_s` then get RESOURCE_EXHAUSTED; `stop()` refuses new work
-(UNAVAILABLE), lets in-flight requests finish within a grace period, then closes.
+Hardening (what one request may cost):
+- bodies above `max_request_bytes` are refused before being read (REST 413, gRPC
+  RESOURCE_EXHAUSTED via max_receive_message_length);
+- a gRPC tensor's declared shape x dtype size (strings: STRING_ELEMENT_BYTES per element) is
+  checked before anything is allocated: a request's tensors may decode to at most
+  `max_decoded_bytes` (default 8 x max_request_bytes), else INVALID_ARGUMENT;
+- at most `max_batch_size` instances (0th dimension) per request, else INVALID_ARGUMENT
+  "Batch size N exceeds max batch size M" (TF Serving's batching limit);
+- at most `max_concurrency` requests decode/parse/run at once (a REST body is JSON-parsed
+  only inside that limit); the rest wait up to `queue_timeout_s`, then RESOURCE_EXHAUSTED;
+- a JSON body nesting deeper than MAX_JSON_DEPTH, invalid JSON or UTF-8, a non-ASCII-digit
+  version, an unsupported dtype (DT_VARIANT, ...) or unparsable tf.Examples ("Could not
+  parse example input") are INVALID_ARGUMENT / 400; unexpected failures are INTERNAL / 500
+  with a message (never UNKNOWN or a dropped connection); messages are capped at
+  MAX_ERROR_MESSAGE_CHARS;
+- model names and labels must match `serving.config.NAME_PATTERN` and are only ever looked
+  up in the loaded table, never joined into a path;
+- the REST listener has a backlog of REST_LISTEN_BACKLOG, so bursts of connects queue;
+- `stop()` refuses new work (UNAVAILABLE), lets in-flight requests finish within a grace
+  period, then closes.
 """
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import re
 import signal
+import socket
 import threading
 import time
 import urllib.parse
@@ -57,10 +73,18 @@ HTTP_STATUS = {
 }
 
 
+# Error messages are cut to this length: gRPC carries them in trailing metadata (8 KiB by
+# default), and TF ops quote whole inputs in theirs.
+MAX_ERROR_MESSAGE_CHARS = 2000
+
+
 class ServingError(Exception):
     """An error with a canonical status code name (`NOT_FOUND`, `INVALID_ARGUMENT`, ...)."""
 
     def __init__(self, code: str, message: str):
+        if len(message) > MAX_ERROR_MESSAGE_CHARS:  # e.g. an op quoting a whole bad input
+            message = (message[:MAX_ERROR_MESSAGE_CHARS]
+                       + f"... [{len(message) - MAX_ERROR_MESSAGE_CHARS} more characters]")
         super().__init__(message)
         self.code = code
         self.message = message
@@ -272,17 +296,48 @@ def _coerce_input(name: str, value: Any, spec) -> np.ndarray:
     except (TypeError, ValueError) as err:
         raise ServingError("INVALID_ARGUMENT",
                            f"input '{name}': expected {dtype} values: {err}") from None
-    shape = spec.shape
-    if shape.rank is not None:
-        if arr.ndim != shape.rank:
-            raise ServingError("INVALID_ARGUMENT",
-                               f"input '{name}': expected rank {shape.rank} ({shape}), "
-                               f"got shape {list(arr.shape)}")
-        for i, (want, got) in enumerate(zip(shape.as_list(), arr.shape, strict=True)):
-            if want is not None and want != got:
-                raise ServingError("INVALID_ARGUMENT",
-                                   f"input '{name}': dimension {i} must be {want}, got {got}")
+    check_shape(name, list(arr.shape), spec)
     return arr
+
+
+def check_shape(name: str, dims: list[int], spec) -> None:
+    """INVALID_ARGUMENT unless `dims` fits the signature's TensorSpec shape."""
+    shape = spec.shape
+    if shape.rank is None:
+        return
+    if len(dims) != shape.rank:
+        raise ServingError("INVALID_ARGUMENT",
+                           f"input '{name}': expected rank {shape.rank} ({shape}), "
+                           f"got shape {list(dims)}")
+    for i, (want, got) in enumerate(zip(shape.as_list(), dims, strict=True)):
+        if want is not None and want != got:
+            raise ServingError("INVALID_ARGUMENT",
+                               f"input '{name}': dimension {i} must be {want}, got {got}")
+
+
+def get_signature(loaded: LoadedVersion, signature_name: str) -> Signature:
+    sig = loaded.signatures.get(signature_name or "serving_default")
+    if sig is None:
+        raise ServingError("INVALID_ARGUMENT",
+                           f"Serving signature name: \"{signature_name}\" not found in signature def")
+    return sig
+
+
+def check_input_names(loaded: LoadedVersion, signature_name: str, sig: Signature,
+                      names) -> None:
+    missing = sorted(set(sig.inputs) - set(names))
+    extra = sorted(set(names) - set(sig.inputs))
+    if missing or extra:
+        raise ServingError("INVALID_ARGUMENT",
+                           f"signature '{signature_name}' of model {loaded.model_name} expects "
+                           f"inputs {sorted(sig.inputs)}; missing {missing}, unexpected {extra}")
+
+
+def batch_size_error(size: int, limit: int, what: str) -> ServingError:
+    """TF Serving's batching limit, as INVALID_ARGUMENT (the request can never fit)."""
+    return ServingError("INVALID_ARGUMENT",
+                        f"Batch size {size} exceeds max batch size {limit} ({what}; "
+                        f"the server's --max-batch-size)")
 
 
 def run_signature(loaded: LoadedVersion, signature_name: str,
@@ -291,16 +346,8 @@ def run_signature(loaded: LoadedVersion, signature_name: str,
     import tensorflow as tf
 
     signature_name = signature_name or "serving_default"
-    sig = loaded.signatures.get(signature_name)
-    if sig is None:
-        raise ServingError("INVALID_ARGUMENT",
-                           f"Serving signature name: \"{signature_name}\" not found in signature def")
-    missing = sorted(set(sig.inputs) - set(inputs))
-    extra = sorted(set(inputs) - set(sig.inputs))
-    if missing or extra:
-        raise ServingError("INVALID_ARGUMENT",
-                           f"signature '{signature_name}' of model {loaded.model_name} expects "
-                           f"inputs {sorted(sig.inputs)}; missing {missing}, unexpected {extra}")
+    sig = get_signature(loaded, signature_name)
+    check_input_names(loaded, signature_name, sig, inputs)
     arrays = {k: _coerce_input(k, v, sig.inputs[k]) for k, v in inputs.items()}
     batch = {a.shape[0] for a in arrays.values() if a.ndim > 0}
     if len(batch) > 1:
@@ -315,13 +362,177 @@ def run_signature(loaded: LoadedVersion, signature_name: str,
                                  for k, v in arrays.items()})
     except tf.errors.InvalidArgumentError as err:
         raise ServingError("INVALID_ARGUMENT", err.message) from None
+    except UnicodeDecodeError as err:
+        # TF could not turn an op's error into a Python string because it quotes the bad
+        # input, e.g. ParseExample's "Could not parse example input, value: '\xff...'".
+        raw = err.object if isinstance(err.object, bytes) else b""
+        raise ServingError("INVALID_ARGUMENT",
+                           raw.decode("utf-8", "backslashreplace").strip()
+                           or f"running {signature_name}: invalid input") from None
     except (tf.errors.OpError, ValueError, TypeError) as err:
         raise ServingError("INTERNAL", f"running {signature_name}: {err}") from None
     names = list(output_filter) or sorted(result)
     return {k: result[k].numpy() for k in names}
 
 
+# --------------------------------------------------------------------- gRPC tensor limits
+
+# Decoded bytes charged per string element: a numpy object pointer plus a TF tstring.
+STRING_ELEMENT_BYTES = 32
+# A request's tensors may decode to at most this many times --max-request-bytes, unless
+# --max-decoded-bytes says otherwise. 8 is what a dense request needs at most (an int64 sent
+# as a one-byte varint); anything larger is a small message declaring a huge shape.
+DECODED_BYTES_PER_REQUEST_BYTE = 8
+MAX_TENSOR_RANK = 32
+
+# TensorProto dtypes a request may carry -> (field holding the values, bytes per element).
+_PROTO_DTYPES = {
+    1: ("float_val", 4), 2: ("double_val", 8), 3: ("int_val", 4), 4: ("int_val", 1),
+    5: ("int_val", 2), 6: ("int_val", 1), 7: ("string_val", STRING_ELEMENT_BYTES),
+    9: ("int64_val", 8), 10: ("bool_val", 1), 17: ("int_val", 2), 19: ("half_val", 2),
+    22: ("uint32_val", 4), 23: ("uint64_val", 8),
+}
+_DT_STRING = 7
+
+
+def _dtype_label(enum: int) -> str:
+    from tensorflow.core.framework import types_pb2
+
+    try:
+        return types_pb2.DataType.Name(enum)
+    except ValueError:
+        return f"dtype {enum}"
+
+
+def check_tensor_proto(name: str, proto, spec) -> tuple[list[int], int]:
+    """Checks a request TensorProto against the signature's TensorSpec without decoding it.
+
+    Returns (shape, bytes it decodes to). INVALID_ARGUMENT for an unsupported or mismatched
+    dtype, a negative or unknown shape, or values that do not fit the declared shape."""
+    label = _dtype_label(proto.dtype)
+    entry = _PROTO_DTYPES.get(proto.dtype)
+    if entry is None:
+        raise ServingError("INVALID_ARGUMENT",
+                           f"input '{name}': unsupported dtype {label}; requests may carry "
+                           f"numbers, bools and strings")
+    field, element_bytes = entry
+    wants_string = spec.dtype.name == "string"
+    if (proto.dtype == _DT_STRING) != wants_string:
+        raise ServingError("INVALID_ARGUMENT",
+                           f"input '{name}': expects {spec.dtype.name} but {label} is provided")
+    if proto.tensor_shape.unknown_rank:
+        raise ServingError("INVALID_ARGUMENT", f"input '{name}': tensor shape has unknown rank")
+    dims = [d.size for d in proto.tensor_shape.dim]
+    if len(dims) > MAX_TENSOR_RANK:
+        raise ServingError("INVALID_ARGUMENT",
+                           f"input '{name}': rank {len(dims)} exceeds {MAX_TENSOR_RANK}")
+    if any(d < 0 for d in dims):
+        raise ServingError("INVALID_ARGUMENT", f"input '{name}': negative dimension in {dims}")
+    count = 1
+    for d in dims:
+        count *= d
+    if proto.tensor_content:
+        if proto.dtype == _DT_STRING:
+            raise ServingError("INVALID_ARGUMENT",
+                               f"input '{name}': string tensors cannot use tensor_content")
+        if len(proto.tensor_content) != count * element_bytes:
+            raise ServingError("INVALID_ARGUMENT",
+                               f"input '{name}': tensor_content has {len(proto.tensor_content)} "
+                               f"bytes, shape {dims} of {label} needs {count * element_bytes}")
+    elif len(getattr(proto, field)) > count:
+        raise ServingError("INVALID_ARGUMENT",
+                           f"input '{name}': {len(getattr(proto, field))} values do not fit "
+                           f"shape {dims}")
+    if not wants_string:  # numbers are converted to the signature's dtype after decoding
+        element_bytes = max(element_bytes, spec.dtype.size)
+    return dims, count * element_bytes
+
+
+def check_request_tensors(protos: Mapping[str, Any], sig: Signature, max_batch_size: int,
+                          max_decoded_bytes: int) -> None:
+    """Everything about a Predict request's tensors that can be checked before allocating:
+    dtypes, shapes against the signature, the batch size and the decoded size budget."""
+    total = 0
+    for name in sorted(protos):
+        proto = protos[name]
+        dims, decoded = check_tensor_proto(name, proto, sig.inputs[name])
+        total += decoded
+        if total > max_decoded_bytes:
+            raise ServingError(
+                "INVALID_ARGUMENT",
+                f"input '{name}': shape {dims} of {_dtype_label(proto.dtype)} decodes to "
+                f"{decoded} bytes; a request's tensors may decode to at most "
+                f"{max_decoded_bytes} bytes (the server's --max-decoded-bytes)")
+        if dims and dims[0] > max_batch_size:
+            raise batch_size_error(dims[0], max_batch_size, f"0th dimension of input '{name}'")
+        check_shape(name, dims, sig.inputs[name])
+
+
+def decode_request_tensors(protos: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    import tensorflow as tf
+
+    try:
+        return {k: tf.make_ndarray(v) for k, v in protos.items()}
+    except (TypeError, ValueError) as err:
+        raise ServingError("INVALID_ARGUMENT", f"bad input tensor proto: {err}") from None
+
+
 # ---------------------------------------------------------------------------- REST wire format
+
+MAX_JSON_DEPTH = 64  # nesting of JSON arrays/objects in a :predict body
+
+
+def json_nesting_depth(body: bytes, stop_above: int = MAX_JSON_DEPTH,
+                       chunk_bytes: int = 1 << 18) -> int:
+    """Deepest array/object nesting of a JSON text, found without parsing it: linear time,
+    memory bounded by `chunk_bytes` whatever the body. Strings (with their escapes) are
+    skipped; an invalid text gets some number and fails to parse later. Stops counting
+    once deeper than `stop_above`."""
+    data = np.frombuffer(body, np.uint8)
+    depth = deepest = 0
+    in_string = 0  # 1 while inside a string at the start of the chunk
+    carried = 0  # length of the backslash run that ended the previous chunk
+    for start in range(0, data.size, chunk_bytes):
+        chunk = data[start:start + chunk_bytes]
+        is_backslash = chunk == 92
+        # Index of the last non-backslash at or before each position (-1: none in this chunk).
+        last_other = np.maximum.accumulate(np.where(is_backslash, -1, np.arange(chunk.size)))
+        quotes = np.flatnonzero(chunk == 34)
+        before = np.maximum(quotes - 1, 0)
+        run = np.where(quotes > 0, quotes - 1 - last_other[before], 0)
+        run += np.where((quotes == 0) | (last_other[before] == -1), carried, 0)
+        real_quotes = quotes[run % 2 == 0]  # a quote after an odd backslash run is escaped
+        brackets = np.flatnonzero((chunk == 91) | (chunk == 93) | (chunk == 123) | (chunk == 125))
+        outside = (np.searchsorted(real_quotes, brackets) + in_string) % 2 == 0
+        kinds = chunk[brackets[outside]]
+        steps = np.where((kinds == 91) | (kinds == 123), 1, -1)
+        if steps.size:
+            levels = depth + np.cumsum(steps)
+            deepest = max(deepest, int(levels.max()))
+            depth = int(levels[-1])
+        in_string = (in_string + real_quotes.size) % 2
+        if is_backslash[-1]:
+            tail = chunk.size - 1 - int(last_other[-1])
+            carried = tail + (carried if last_other[-1] == -1 else 0)
+        else:
+            carried = 0
+        if deepest > stop_above:
+            break
+    return deepest
+
+
+def parse_json_body(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """A :predict body -> JSON value; INVALID_ARGUMENT (never RecursionError) when it is not
+    UTF-8 JSON or nests deeper than `max_depth`."""
+    depth = json_nesting_depth(body, max_depth)
+    if depth > max_depth:
+        raise ServingError("INVALID_ARGUMENT",
+                           f"JSON Parse error: nesting deeper than {max_depth} levels")
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise ServingError("INVALID_ARGUMENT", f"JSON Parse error: {err}") from None
+
 
 def _decode_json_value(value: Any, dtype: str) -> Any:
     """JSON value -> nested python lists, decoding `{"b64": ...}` for string tensors."""
@@ -342,8 +553,10 @@ def _decode_json_value(value: Any, dtype: str) -> Any:
     return value
 
 
-def parse_rest_predict(body: Any, sig_inputs: Mapping[str, Any]) -> tuple[dict, str]:
-    """Parses a :predict JSON body -> (inputs, "row"|"columnar")."""
+def parse_rest_predict(body: Any, sig_inputs: Mapping[str, Any],
+                       max_batch_size: int | None = None) -> tuple[dict, str]:
+    """Parses a :predict JSON body -> (inputs, "row"|"columnar"). With `max_batch_size`,
+    more instances (or a longer 0th dimension) is INVALID_ARGUMENT before any decoding."""
     if not isinstance(body, dict):
         raise ServingError("INVALID_ARGUMENT", "request body must be a JSON object")
     unknown = sorted(set(body) - {"signature_name", "instances", "inputs"})
@@ -360,6 +573,8 @@ def parse_rest_predict(body: Any, sig_inputs: Mapping[str, Any]) -> tuple[dict, 
         rows = body["instances"]
         if not isinstance(rows, list) or not rows:
             raise ServingError("INVALID_ARGUMENT", "'instances' must be a non-empty JSON list")
+        if max_batch_size is not None and len(rows) > max_batch_size:
+            raise batch_size_error(len(rows), max_batch_size, "number of 'instances'")
         columns: dict[str, list] = {k: [] for k in names}
         for i, row in enumerate(rows):
             named = isinstance(row, dict) and not (set(row) == {"b64"})
@@ -377,6 +592,10 @@ def parse_rest_predict(body: Any, sig_inputs: Mapping[str, Any]) -> tuple[dict, 
                 columns[k].append(_decode_json_value(row[k], dtypes[k]))
         return columns, "row"
     value = body["inputs"]
+    if max_batch_size is not None:
+        for k, v in (value.items() if isinstance(value, dict) else [("inputs", value)]):
+            if isinstance(v, list) and len(v) > max_batch_size:
+                raise batch_size_error(len(v), max_batch_size, f"0th dimension of '{k}'")
     if len(names) == 1 and not (isinstance(value, dict) and set(value) == {names[0]}):
         return {names[0]: _decode_json_value(value, dtypes[names[0]])}, "columnar"
     if not isinstance(value, dict):
@@ -429,6 +648,24 @@ class ServerOptions:
     # How often "latest"/"all" models' base paths are rescanned for new versions (TF
     # Serving's --file_system_poll_wait_seconds, same default); 0 = never.
     poll_seconds: float = 1.0
+    # Most instances (0th dimension) one request may carry; more is INVALID_ARGUMENT.
+    max_batch_size: int = 8192
+    # Most bytes a request's input tensors may decode to; 0 = DECODED_BYTES_PER_REQUEST_BYTE
+    # x max_request_bytes. Checked from the declared shapes before anything is allocated.
+    max_decoded_bytes: int = 0
+
+    def __post_init__(self):
+        for field in ("max_request_bytes", "max_concurrency", "grpc_threads", "max_batch_size"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"ServerOptions.{field} must be >= 1, got {getattr(self, field)}")
+        if self.max_decoded_bytes < 0:
+            raise ValueError(f"ServerOptions.max_decoded_bytes must be >= 0 (0 = "
+                             f"{DECODED_BYTES_PER_REQUEST_BYTE} x max_request_bytes), "
+                             f"got {self.max_decoded_bytes}")
+
+    @property
+    def decoded_bytes_limit(self) -> int:
+        return self.max_decoded_bytes or DECODED_BYTES_PER_REQUEST_BYTE * self.max_request_bytes
 
 
 class ModelServer:
@@ -472,14 +709,55 @@ class ModelServer:
             self._inflight -= 1
             self._inflight_cv.notify_all()
 
-    def predict(self, name, version, label, signature_name, inputs, output_filter=()):
-        self.stats["requests"] += 1
-        loaded = self.registry.resolve(name, version, label)
+    @contextlib.contextmanager
+    def admission(self):
+        """Holds one of the `max_concurrency` slots: everything that allocates in proportion
+        to a request (decoding tensors, parsing JSON, running the model) happens inside."""
         self._admit()
         try:
-            return loaded, run_signature(loaded, signature_name, inputs, output_filter)
+            yield
         finally:
             self._release()
+
+    def predict(self, name, version, label, signature_name, inputs, output_filter=()):
+        """Runs already decoded `inputs` (name -> array or nested lists)."""
+        self.stats["requests"] += 1
+        loaded = self.registry.resolve(name, version, label)
+        with self.admission():
+            return loaded, run_signature(loaded, signature_name, inputs, output_filter)
+
+    def predict_request(self, request):
+        """A `PredictRequest` -> (LoadedVersion, signature name, outputs). Its tensors are
+        checked (dtypes, shapes, batch size, decoded size) before any is decoded."""
+        self.stats["requests"] += 1
+        version, label = _spec_version_label(request.model_spec)
+        loaded = self.registry.resolve(request.model_spec.name, version, label)
+        signature_name = request.model_spec.signature_name or "serving_default"
+        sig = get_signature(loaded, signature_name)
+        check_input_names(loaded, signature_name, sig, request.inputs.keys())
+        check_request_tensors(request.inputs, sig, self.options.max_batch_size,
+                              self.options.decoded_bytes_limit)
+        with self.admission():
+            inputs = decode_request_tensors(request.inputs)
+            outputs = run_signature(loaded, signature_name, inputs, tuple(request.output_filter))
+        return loaded, signature_name, outputs
+
+    def predict_json(self, name, version, label, body: bytes) -> dict:
+        """A REST :predict body -> the response JSON. The body is parsed only once a slot is
+        free, its depth and batch size are checked before anything is decoded."""
+        self.stats["requests"] += 1
+        loaded = self.registry.resolve(name, version, label)
+        with self.admission():
+            payload = parse_json_body(body)
+            signature_name = (payload.get("signature_name", "serving_default")
+                              if isinstance(payload, dict) else "serving_default")
+            if not isinstance(signature_name, str):
+                raise ServingError("INVALID_ARGUMENT", "'signature_name' key must be a string")
+            sig = get_signature(loaded, signature_name)
+            inputs, form = parse_rest_predict(payload, sig.inputs, self.options.max_batch_size)
+            del payload
+            outputs = run_signature(loaded, signature_name, inputs)
+        return format_rest_predict(outputs, form)
 
     def model_status(self, name, version=None, label=None):
         from tensorflow_serving.apis import get_model_status_pb2
@@ -545,8 +823,7 @@ class ModelServer:
         self._grpc.start()
         if opts.rest_port >= 0:
             handler = type("BoundRestHandler", (RestHandler,), {"server_core": self})
-            self._http = ThreadingHTTPServer((opts.host, opts.rest_port), handler)
-            self._http.daemon_threads = True
+            self._http = RestHTTPServer((opts.host, opts.rest_port), handler)
             self.rest_port = self._http.server_address[1]
             self._http_thread = threading.Thread(target=self._http.serve_forever,
                                                  kwargs={"poll_interval": 0.2},
@@ -642,25 +919,21 @@ class PredictionServicer(_PredictionBase):
         from tensorflow_serving.apis import predict_pb2
 
         try:
-            version, label = _spec_version_label(request.model_spec)
-            try:
-                inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-            except (TypeError, ValueError) as err:
-                raise ServingError("INVALID_ARGUMENT", f"bad input tensor proto: {err}") from None
-            signature_name = request.model_spec.signature_name or "serving_default"
-            loaded, outputs = self.core.predict(request.model_spec.name, version, label,
-                                                signature_name, inputs,
-                                                tuple(request.output_filter))
+            loaded, signature_name, outputs = self.core.predict_request(request)
+            response = predict_pb2.PredictResponse()
+            response.model_spec.name = request.model_spec.name
+            response.model_spec.version.value = loaded.version
+            response.model_spec.signature_name = signature_name
+            for k, v in outputs.items():
+                response.outputs[k].CopyFrom(tf.make_tensor_proto(v))
+            return response
         except ServingError as err:
-            self.core.stats["errors"] += 1
-            _abort(context, err)
-        response = predict_pb2.PredictResponse()
-        response.model_spec.name = request.model_spec.name
-        response.model_spec.version.value = loaded.version
-        response.model_spec.signature_name = signature_name
-        for k, v in outputs.items():
-            response.outputs[k].CopyFrom(tf.make_tensor_proto(v))
-        return response
+            error = err
+        except Exception as err:  # noqa: BLE001 - INTERNAL with a message, not UNKNOWN
+            log.exception("gRPC Predict failed")
+            error = ServingError("INTERNAL", f"{type(err).__name__}: {err}")
+        self.core.stats["errors"] += 1
+        _abort(context, error)
 
     def GetModelMetadata(self, request, context):
         try:
@@ -686,6 +959,8 @@ class ModelStatusServicer(_ModelBase):
 
 
 # ------------------------------------------------------------------------------------- REST
+
+REST_LISTEN_BACKLOG = max(128, socket.SOMAXCONN)  # the kernel caps it at net.core.somaxconn
 
 _REST_PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
@@ -727,6 +1002,14 @@ def _unpack_signature_map(response):
     return sig_map
 
 
+class RestHTTPServer(ThreadingHTTPServer):
+    """One thread per connection; a listen backlog for bursts (socketserver's default is 5,
+    which makes a burst of connects wait for SYN retransmits)."""
+
+    request_queue_size = REST_LISTEN_BACKLOG
+    daemon_threads = True
+
+
 class RestHandler(BaseHTTPRequestHandler):
     server_core: ModelServer = None  # set on the bound subclass
     protocol_version = "HTTP/1.1"
@@ -760,7 +1043,7 @@ class RestHandler(BaseHTTPRequestHandler):
         version = None
         if m["version"]:
             raw = urllib.parse.unquote(m["version"])
-            if not raw.isdigit() or len(raw) > 18:
+            if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
                 raise ServingError("INVALID_ARGUMENT", f"Invalid version: {raw!r}")
             version = int(raw)
         if not serving_config.NAME_PATTERN.match(name):
@@ -781,10 +1064,13 @@ class RestHandler(BaseHTTPRequestHandler):
             self._send(200, payload)
         except ServingError as err:
             self._error(err)
+        except Exception as err:  # noqa: BLE001 - always answer, never drop the connection
+            log.exception("REST handler failed")
+            self._error(ServingError("INTERNAL", f"{type(err).__name__}: {err}"))
 
     def do_POST(self):
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        if length is None or not (length.isascii() and length.isdigit()):
             self.close_connection = True
             return self._error(ServingError("INVALID_ARGUMENT",
                                             "POST needs a Content-Length header"), 411)
@@ -802,22 +1088,7 @@ class RestHandler(BaseHTTPRequestHandler):
             if suffix != ":predict":
                 raise ServingError("INVALID_ARGUMENT",
                                    f"Malformed request: POST {self.path} (only :predict)")
-            try:
-                payload = json.loads(body.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise ServingError("INVALID_ARGUMENT", f"JSON Parse error: {err}") from None
-            loaded = self.server_core.registry.resolve(name, version, label)
-            signature_name = (payload.get("signature_name", "serving_default")
-                              if isinstance(payload, dict) else "serving_default")
-            if not isinstance(signature_name, str):
-                raise ServingError("INVALID_ARGUMENT", "'signature_name' key must be a string")
-            sig = loaded.signatures.get(signature_name)
-            if sig is None:
-                raise ServingError("INVALID_ARGUMENT", f"Serving signature name: "
-                                                       f"\"{signature_name}\" not found in signature def")
-            inputs, form = parse_rest_predict(payload, sig.inputs)
-            _, outputs = self.server_core.predict(name, version, label, signature_name, inputs)
-            self._send(200, format_rest_predict(outputs, form))
+            self._send(200, self.server_core.predict_json(name, version, label, body))
         except ServingError as err:
             self._error(err)
         except Exception as err:  # never let a handler thread die silently

@@ -16,6 +16,7 @@ import matta_tf  # noqa: F401  (before TensorFlow)
 
 MODEL = "ranker"
 MAX_REQUEST_BYTES = 64 * 1024
+MAX_BATCH_SIZE = 48  # the deployment's 48 example rows fit exactly
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def server(deployment):
     srv = ModelServer.from_config(
         deployment["dep"].models_config_path,
         ServerOptions(grpc_port=0, rest_port=0, max_request_bytes=MAX_REQUEST_BYTES,
-                      max_concurrency=2, grace_s=2.0)).start()
+                      max_concurrency=2, grace_s=2.0, max_batch_size=MAX_BATCH_SIZE)).start()
     yield srv
     srv.stop()
 
@@ -254,7 +255,26 @@ def test_errors_have_tf_serving_codes_and_server_keeps_serving(server, deploymen
     with pytest.raises(ServingClientError) as err:
         grpc_client.predict_examples(MODEL, [b"x" * MAX_REQUEST_BYTES])
     assert err.value.code == "RESOURCE_EXHAUSTED" and err.value.attempts == 1
-    assert isinstance(grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode)
+    # The status of the call itself, not the client's reading of it.
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL
+    request.inputs["examples"].dtype = 7  # DT_STRING
+    request.inputs["examples"].tensor_shape.dim.add(size=1)
+    request.inputs["examples"].string_val.append(b"x" * MAX_REQUEST_BYTES)
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        with pytest.raises(grpc.RpcError) as rpc:
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=10)
+    assert rpc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, rpc.value
+    # One instance over --max-batch-size: INVALID_ARGUMENT (never retried), on both protocols.
+    too_many = deployment["examples"] + deployment["examples"][:1]
+    assert len(too_many) == MAX_BATCH_SIZE + 1
+    for client in (grpc_client, RestClient(f"http://127.0.0.1:{port}")):
+        with pytest.raises(ServingClientError) as err:
+            client.predict_examples(MODEL, too_many)
+        assert err.value.code == "INVALID_ARGUMENT" and err.value.attempts == 1
+        assert f"Batch size 49 exceeds max batch size {MAX_BATCH_SIZE}" in str(err.value)
 
     # Still serving after all of that, on both protocols.
     status, body = _post(port, f"/v1/models/{MODEL}/labels/ta:predict", ok)
@@ -264,6 +284,37 @@ def test_errors_have_tf_serving_codes_and_server_keeps_serving(server, deploymen
     rest = RestClient(f"http://127.0.0.1:{port}")
     assert rest.predict_examples(MODEL, deployment["examples"][:2], label="mid")["logit"].shape == (2,)
     grpc_client.close()
+
+
+def test_requests_are_parsed_only_once_admitted(server, deployment, monkeypatch):
+    """A REST body is JSON-parsed (and a gRPC tensor decoded) only inside the concurrency
+    limit; requests that are invalid on their face are refused without taking a slot."""
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    monkeypatch.setattr(server.options, "queue_timeout_s", 0.3)
+    path = f"/v1/models/{MODEL}:predict"
+    huge = predict_pb2.PredictRequest()
+    huge.model_spec.name = MODEL
+    huge.inputs["examples"].dtype = 7  # DT_STRING
+    huge.inputs["examples"].tensor_shape.dim.add(size=2 ** 40)
+    held = 0
+    try:
+        for _ in range(server.options.max_concurrency):  # every slot busy
+            assert server._slots.acquire(timeout=10)
+            held += 1
+        status, body = _post(server.rest_port, path, b'{"instances": [')
+        assert status == 429 and "busy" in body["error"], body  # waited for a slot, unparsed
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            with pytest.raises(grpc.RpcError) as rpc:
+                prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(huge, timeout=10)
+        assert rpc.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # no slot needed
+        assert "decodes to" in rpc.value.details()
+    finally:
+        for _ in range(held):
+            server._slots.release()
+    status, body = _post(server.rest_port, path, b'{"instances": [')
+    assert status == 400 and "JSON" in body["error"]
 
 
 def test_client_retries_then_names_the_cause():
@@ -486,8 +537,11 @@ def test_latest_policy_polls_new_versions_and_keeps_serving(deployment, in_proce
                                           in_process_scores["ta"]["logit"])
     finally:
         srv.stop()
-    # "all" serves every complete version; "latest 2" the two highest.
-    for policy, want in (("all {}", [1, 3]), ("latest { num_versions: 2 }", [1, 3])):
+    # Three complete versions on disk: "all" serves every one, "latest 2" the two highest.
+    shutil.copytree(deployment["arms"]["mid"], base / "5")
+    for policy, want in (("all {}", [1, 3, 5]), ("latest { num_versions: 2 }", [3, 5]),
+                         ("latest { num_versions: 1 }", [5]),
+                         ("specific { versions: 1 versions: 5 }", [1, 5])):
         cfg.write_text(f'model_config_list {{ config {{ name: "pushed" base_path: "{base}" '
                        f'model_version_policy {{ {policy} }} }} }}')
         assert sorted(ModelRegistry.load(str(cfg), warmup=False).versions["pushed"]) == want

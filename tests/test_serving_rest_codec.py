@@ -1,0 +1,92 @@
+"""The REST wire format of `matta serve`, without a server: JSON body limits and parsing."""
+import json
+import random
+
+import pytest
+
+import matta_tf  # noqa: F401  (before TensorFlow)
+
+
+def _reference_depth(value) -> int:
+    if isinstance(value, list):
+        return 1 + max([_reference_depth(v) for v in value] or [0])
+    if isinstance(value, dict):
+        return 1 + max([_reference_depth(v) for v in value.values()] or [0])
+    return 0
+
+
+def _random_json(rng: random.Random, depth: int = 0):
+    r = rng.random()
+    if depth > 8 or r < 0.3:  # strings full of brackets, quotes and backslashes
+        return rng.choice(["a[b", "\\", '\\"[', '{"}', "x" * rng.randint(0, 5), 1, None,
+                           "\u00e9]", "\\\\\\", "]]}}"])
+    if r < 0.65:
+        return [_random_json(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    return {rng.choice(["k[", 'q"{', "z\\"]) + str(i): _random_json(rng, depth + 1)
+            for i in range(rng.randint(0, 3))}
+
+
+def test_json_nesting_depth_matches_the_parsed_depth():
+    from serving.server import json_nesting_depth
+
+    rng = random.Random(0)
+    for _ in range(150):
+        value = _random_json(rng)
+        body = json.dumps(value, ensure_ascii=rng.random() < 0.5).encode("utf-8")
+        want = _reference_depth(value)
+        # Tiny chunks put escapes and quotes across chunk boundaries.
+        for chunk in (5, 1 << 18):
+            assert json_nesting_depth(body, 10 ** 9, chunk) == want, (body, chunk)
+
+
+def test_json_nesting_depth_is_bounded_in_time_and_memory():
+    import time
+    import tracemalloc
+
+    from serving.server import json_nesting_depth
+
+    cases = {
+        b"[" * 4_000_000 + b"]" * 4_000_000: None,  # stops once over the limit
+        b'{"instances": [' + b",".join([b'""'] * 1_000_000) + b"]}": 2,
+        b'["' + b'\\"' * 2_000_000 + b'"]': 1,  # one long string of escaped quotes
+    }
+    for body, want in cases.items():
+        tracemalloc.start()
+        start = time.perf_counter()
+        depth = json_nesting_depth(body)
+        assert depth > 64 if want is None else depth == want
+        elapsed = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 32 * 1024 * 1024, peak  # chunks, not copies of the body
+        assert elapsed < 5.0
+
+
+def test_parse_json_body_answers_invalid_argument():
+    from serving.server import ServingError, parse_json_body
+
+    assert parse_json_body(b'{"instances": [[1, 2]]}') == {"instances": [[1, 2]]}
+    for body, needle in ((b"[" * 65 + b"]" * 65, "nesting deeper than 64"),
+                         (b"[" * 100_000, "nesting deeper than 64"),
+                         (b"\xff{}", "JSON Parse error"),
+                         (b"[" + b"9" * 5000 + b"]", "JSON Parse error"),
+                         (b'{"a": ', "JSON Parse error")):
+        with pytest.raises(ServingError) as err:
+            parse_json_body(body)
+        assert err.value.code == "INVALID_ARGUMENT" and needle in err.value.message
+    assert parse_json_body(b"[" * 64 + b"]" * 64) is not None
+
+
+def test_batch_size_limit_applies_before_decoding():
+    import tensorflow as tf
+
+    from serving.server import ServingError, parse_rest_predict
+
+    spec = {"examples": tf.TensorSpec([None], tf.string)}
+    inputs, form = parse_rest_predict({"instances": ["a", "b"]}, spec, max_batch_size=2)
+    assert form == "row" and inputs == {"examples": ["a", "b"]}
+    for body in ({"instances": ["a", "b", "c"]}, {"inputs": ["a", "b", "c"]},
+                 {"inputs": {"examples": ["a", "b", "c"]}}):
+        with pytest.raises(ServingError, match="Batch size 3 exceeds max batch size 2") as err:
+            parse_rest_predict(body, spec, max_batch_size=2)
+        assert err.value.code == "INVALID_ARGUMENT"
