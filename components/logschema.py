@@ -605,7 +605,19 @@ def split_line(text: str, delimiter: str, quoting: bool) -> list[str]:
     index as `column` for unterminated_quote / malformed_record."""
     if not quoting or '"' not in text:
         return text.split(delimiter)
-    return _split_quoted(text, delimiter)
+    # Fast path for the common shape (e.g. pyarrow's writer quotes every string): quoted
+    # cells without quotes or delimiters inside. Anything else takes the full parser.
+    cells = []
+    for cell in text.split(delimiter):
+        if cell.startswith('"'):
+            if len(cell) < 2 or not cell.endswith('"') or '"' in cell[1:-1]:
+                return _split_quoted(text, delimiter)
+            cells.append(cell[1:-1])
+        elif '"' in cell:
+            return _split_quoted(text, delimiter)
+        else:
+            cells.append(cell)
+    return cells
 
 
 def parse_delimited_line(schema: LogSchema, data: bytes) -> list[str] | BadRecord:
