@@ -48,7 +48,8 @@ Reading rules (the dialect)
   `malformed_record`. Keys not in the schema are ignored, absent keys are missing values.
 * parquet: one row is one record; the file must have every schema column.
 * Rows are numbered 1.. over data rows (header and blank lines excluded); quarantine
-  records carry that `row` and the physical `line` (1-based, header included).
+  records carry that `row` and the physical `line` (1-based, header included; for
+  Parquet files both are the record number).
 * A derived impression id is `<path of the file relative to the input base, with />:<row>`
   (just the base name when the file is directly in the base), so `day=1/part-0.tsv` and
   `day=2/part-0.tsv` give distinct ids.
@@ -69,9 +70,11 @@ Values
 * JSON/Parquet native numbers follow the same rules (booleans are not numbers).
 * Strings are taken verbatim (no trimming); impression ids too, but an id of only
   whitespace is `missing_impression_id`.
-* Teacher table: `impression_id` (null or blank -> the teacher row is quarantined as
-  `null_teacher_id` and counted in `teacher_rows_invalid`) and a numeric `teacher_logit`
-  (null, NaN, inf or outside float32 -> the joined log row is `non_finite_teacher_logit`).
+* Teacher table (Parquet): `impression_id` (null or blank -> the teacher row is
+  quarantined as `null_teacher_id`, a binary id that is not UTF-8 as `invalid_encoding`;
+  both count in `teacher_rows_invalid`) and a numeric `teacher_logit` column (a value that
+  is null, NaN, inf or outside float32 -> the joined log row is
+  `non_finite_teacher_logit`; a non-numeric column type fails the run).
 """
 from __future__ import annotations
 
@@ -122,7 +125,7 @@ REASON_CODES = (
 # Reason codes for teacher-table rows that cannot be joined at all (counted apart from the
 # log rows: `teacher_quarantined_<code>`, summed in `teacher_rows_invalid`).
 NULL_TEACHER_ID = "null_teacher_id"
-TEACHER_REASON_CODES = (NULL_TEACHER_ID,)
+TEACHER_REASON_CODES = (NULL_TEACHER_ID, INVALID_ENCODING)  # the latter: a binary id, not UTF-8
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
 COLUMN_TYPES = ("int", "float", "string")

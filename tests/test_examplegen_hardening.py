@@ -308,25 +308,34 @@ def test_every_teacher_row_is_accounted_for(tmp_path):
     teacher_table(str(data / "teacher" / "t.parquet"),
                   ["imp1", "imp2", "imp2", None, "", "  ", "ghost", "imp6", None],
                   [0.1, 0.2, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, None])
+    # A second file with a binary id column: UTF-8 ids join, others are invalid.
+    pq.write_table(pa.table({"impression_id": pa.array([b"imp3", b"\xff"], pa.binary()),
+                             "teacher_logit": [0.3, 0.1]}), data / "teacher" / "u.parquet")
     examples, quarantine, _ = run_executor(tmp_path, data, "*.csv", SCHEMA,
                                            teacher_pattern="teacher/*.parquet")
     props = props_of(quarantine)
     assert_identities(props, 11)
-    assert props["teacher_rows_in"] == 9
-    assert props["teacher_rows_joined"] == 3  # imp1, imp2 twice (same logit)
+    assert props["teacher_rows_in"] == 11
+    assert props["teacher_rows_joined"] == 4  # imp1, imp2 twice (same logit), imp3
     assert props["teacher_rows_unmatched"] == 2  # ghost, imp6
-    assert props["teacher_rows_invalid"] == props["teacher_quarantined_null_teacher_id"] == 4
+    assert props["teacher_quarantined_null_teacher_id"] == 4
+    assert props["teacher_quarantined_invalid_encoding"] == 1
+    assert props["teacher_rows_invalid"] == 5
     assert props["rows_written"] == 9 and props["quarantined_invalid_label"] == 1
     with open(os.path.join(quarantine.uri, "teacher_quarantine.jsonl")) as fh:
         tq = [json.loads(line) for line in fh if line.strip()]
     teacher_path = str(data / "teacher" / "t.parquet")
-    assert sorted(r["line"] for r in tq) == [4, 5, 6, 9]
-    for rec in tq:
+    nulls = [r for r in tq if r["source"] == teacher_path]
+    assert sorted(r["line"] for r in nulls) == [4, 5, 6, 9]
+    for rec in nulls:
         assert rec["reason"] == "null_teacher_id"
         assert_one_line_message(rec, teacher_path, rec["line"], "impression_id")
+    (enc,) = [r for r in tq if r["source"] != teacher_path]
+    assert enc["reason"] == "invalid_encoding" and enc["line"] == 2 and enc["value"] == "\\xff"
     written = {**read_split(examples, "train"), **read_split(examples, "eval")}
     assert written["imp2"]["teacher_logit"].float_list.value[0] == pytest.approx(0.2)
-    assert written["imp3"]["has_teacher"].int64_list.value[0] == 0
+    assert written["imp3"]["teacher_logit"].float_list.value[0] == pytest.approx(0.3)
+    assert written["imp4"]["has_teacher"].int64_list.value[0] == 0
 
 
 # -- strict numbers -----------------------------------------------------------------------------

@@ -190,9 +190,12 @@ def test_teacher_rows_and_logits():
         with pytest.raises(RowError, match="non_finite_teacher_logit"):
             logschema.check_teacher_logits([v])
     assert logschema.validate_teacher_row(7, 0.5) == ("7", 0.5)
-    for iid in (None, "", "  "):
-        with pytest.raises(RowError, match="null_teacher_id"):
+    assert logschema.validate_teacher_row(b"r1", None)[0] == "r1"
+    for iid, reason in ((None, "null_teacher_id"), ("", "null_teacher_id"),
+                        ("  ", "null_teacher_id"), (b"\xff", "invalid_encoding")):
+        with pytest.raises(RowError) as err:
             logschema.validate_teacher_row(iid, 0.5)
+        assert err.value.reason == reason and reason in logschema.TEACHER_REASON_CODES
 
 
 def test_reader_dialect(tmp_path):
