@@ -27,7 +27,7 @@ def _random_json(rng: random.Random, depth: int = 0):
 
 
 def test_json_nesting_depth_matches_the_parsed_depth():
-    from serving.server import json_nesting_depth
+    from serving.rest_codec import json_nesting_depth
 
     rng = random.Random(0)
     for _ in range(150):
@@ -43,7 +43,7 @@ def test_json_nesting_depth_is_bounded_in_time_and_memory():
     import time
     import tracemalloc
 
-    from serving.server import json_nesting_depth
+    from serving.rest_codec import json_nesting_depth
 
     cases = {
         b"[" * 4_000_000 + b"]" * 4_000_000: None,  # stops once over the limit
@@ -63,7 +63,8 @@ def test_json_nesting_depth_is_bounded_in_time_and_memory():
 
 
 def test_parse_json_body_answers_invalid_argument():
-    from serving.server import ServingError, parse_json_body
+    from serving.rest_codec import parse_json_body
+    from serving.status import ServingError
 
     assert parse_json_body(b'{"instances": [[1, 2]]}') == {"instances": [[1, 2]]}
     for body, needle in ((b"[" * 65 + b"]" * 65, "nesting deeper than 64"),
@@ -80,7 +81,8 @@ def test_parse_json_body_answers_invalid_argument():
 def test_batch_size_limit_applies_before_decoding():
     import tensorflow as tf
 
-    from serving.server import ServingError, parse_rest_predict
+    from serving.rest_codec import parse_rest_predict
+    from serving.status import ServingError
 
     spec = {"examples": tf.TensorSpec([None], tf.string)}
     inputs, form = parse_rest_predict({"instances": ["a", "b"]}, spec, max_batch_size=2)
@@ -90,3 +92,41 @@ def test_batch_size_limit_applies_before_decoding():
         with pytest.raises(ServingError, match="Batch size 3 exceeds max batch size 2") as err:
             parse_rest_predict(body, spec, max_batch_size=2)
         assert err.value.code == "INVALID_ARGUMENT"
+
+
+def test_row_and_columnar_formats_round_trip():
+    import numpy as np
+    import tensorflow as tf
+
+    from serving.rest_codec import format_rest_predict, parse_rest_predict
+    from serving.status import ServingError
+
+    specs = {"examples": tf.TensorSpec([None], tf.string)}
+    inputs, form = parse_rest_predict({"instances": [{"b64": "eA=="}, "y"]}, specs)
+    assert (inputs, form) == ({"examples": [b"x", "y"]}, "row")
+    inputs, form = parse_rest_predict({"inputs": {"examples": [{"b64": "eA=="}]}}, specs)
+    assert (inputs, form) == ({"examples": [b"x"]}, "columnar")
+    two = {"a": tf.TensorSpec([None], tf.float32), "b": tf.TensorSpec([None], tf.string)}
+    inputs, _ = parse_rest_predict({"instances": [{"a": 1, "b": "u"}, {"a": 2, "b": "v"}]}, two)
+    assert inputs == {"a": [1, 2], "b": ["u", "v"]}
+    for body, needle in (({"instances": [{"a": 1}]}, "do not match"),
+                         ({"instances": [{"a": "1", "b": "u"}]}, "expected a number"),
+                         ({"instances": [{"a": 1, "b": 2}]}, "expected a string"),
+                         ({"instances": [{"a": 1, "b": {"b64": "!!"}}]}, "invalid base64"),
+                         ({"instances": []}, "non-empty"),
+                         ({"instances": [], "inputs": []}, "either"),
+                         ({"signature_name": "x"}, "Missing 'inputs' or 'instances'"),
+                         ({"instances": [1], "extra": 1}, "unexpected keys"),
+                         ([1, 2], "JSON object")):
+        with pytest.raises(ServingError, match=needle):
+            parse_rest_predict(body, two)
+
+    outputs = {"logit": np.array([0.5, -1.0], np.float32),
+               "probability": np.array([0.6, 0.3], np.float32)}
+    assert format_rest_predict(outputs, "row") == {"predictions": [
+        {"logit": 0.5, "probability": pytest.approx(0.6)},
+        {"logit": -1.0, "probability": pytest.approx(0.3)}]}
+    assert format_rest_predict(outputs, "columnar")["outputs"]["logit"] == [0.5, -1.0]
+    assert format_rest_predict({"logit": outputs["logit"]}, "row") == {"predictions": [0.5, -1.0]}
+    assert format_rest_predict({"id_bytes": np.array([b"\xff"], object)}, "columnar") == {
+        "outputs": [{"b64": "/w=="}]}

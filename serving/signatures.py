@@ -1,0 +1,118 @@
+"""Running a loaded signature: inputs checked against its TensorSpecs, outputs as numpy."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from serving.status import ServingError
+
+if TYPE_CHECKING:
+    from serving.model_registry import LoadedVersion, Signature
+
+
+_TF_DTYPE_TO_NUMPY = {
+    "float32": np.float32, "float64": np.float64, "int32": np.int32, "int64": np.int64,
+    "bool": np.bool_, "string": object,
+}
+
+
+def _coerce_input(name: str, value: Any, spec) -> np.ndarray:
+    """Checks one input against the signature's TensorSpec; INVALID_ARGUMENT on mismatch."""
+    dtype = spec.dtype.name
+    try:
+        if dtype == "string":
+            arr = np.asarray(value, dtype=object)
+            flat = arr.reshape(-1)
+            for i, item in enumerate(flat):
+                if isinstance(item, str):
+                    flat[i] = item.encode("utf-8")
+                elif not isinstance(item, bytes):
+                    raise TypeError(f"element {i} is {type(item).__name__}, not a string")
+        elif dtype in _TF_DTYPE_TO_NUMPY:
+            arr = np.asarray(value)
+            if arr.dtype == object or arr.dtype.kind in "USV":
+                raise TypeError(f"got {arr.dtype} values")
+            arr = arr.astype(_TF_DTYPE_TO_NUMPY[dtype])
+        else:
+            raise TypeError(f"unsupported input dtype {dtype}")
+    except (TypeError, ValueError) as err:
+        raise ServingError("INVALID_ARGUMENT",
+                           f"input '{name}': expected {dtype} values: {err}") from None
+    check_shape(name, list(arr.shape), spec)
+    return arr
+
+
+def check_shape(name: str, dims: list[int], spec) -> None:
+    """INVALID_ARGUMENT unless `dims` fits the signature's TensorSpec shape."""
+    shape = spec.shape
+    if shape.rank is None:
+        return
+    if len(dims) != shape.rank:
+        raise ServingError("INVALID_ARGUMENT",
+                           f"input '{name}': expected rank {shape.rank} ({shape}), "
+                           f"got shape {list(dims)}")
+    for i, (want, got) in enumerate(zip(shape.as_list(), dims, strict=True)):
+        if want is not None and want != got:
+            raise ServingError("INVALID_ARGUMENT",
+                               f"input '{name}': dimension {i} must be {want}, got {got}")
+
+
+def get_signature(loaded: LoadedVersion, signature_name: str) -> Signature:
+    sig = loaded.signatures.get(signature_name or "serving_default")
+    if sig is None:
+        raise ServingError("INVALID_ARGUMENT",
+                           f"Serving signature name: \"{signature_name}\" not found in signature def")
+    return sig
+
+
+def check_input_names(loaded: LoadedVersion, signature_name: str, sig: Signature,
+                      names) -> None:
+    missing = sorted(set(sig.inputs) - set(names))
+    extra = sorted(set(names) - set(sig.inputs))
+    if missing or extra:
+        raise ServingError("INVALID_ARGUMENT",
+                           f"signature '{signature_name}' of model {loaded.model_name} expects "
+                           f"inputs {sorted(sig.inputs)}; missing {missing}, unexpected {extra}")
+
+
+def batch_size_error(size: int, limit: int, what: str) -> ServingError:
+    """TF Serving's batching limit, as INVALID_ARGUMENT (the request can never fit)."""
+    return ServingError("INVALID_ARGUMENT",
+                        f"Batch size {size} exceeds max batch size {limit} ({what}; "
+                        f"the server's --max-batch-size)")
+
+
+def run_signature(loaded: LoadedVersion, signature_name: str,
+                  inputs: Mapping[str, Any], output_filter=()) -> dict[str, np.ndarray]:
+    """Validates inputs against the signature, runs it, returns numpy outputs."""
+    import tensorflow as tf
+
+    signature_name = signature_name or "serving_default"
+    sig = get_signature(loaded, signature_name)
+    check_input_names(loaded, signature_name, sig, inputs)
+    arrays = {k: _coerce_input(k, v, sig.inputs[k]) for k, v in inputs.items()}
+    batch = {a.shape[0] for a in arrays.values() if a.ndim > 0}
+    if len(batch) > 1:
+        raise ServingError("INVALID_ARGUMENT",
+                           f"all inputs must have equal 0th-dimension size, got {sorted(batch)}")
+    unknown = sorted(set(output_filter) - set(sig.outputs))
+    if unknown:
+        raise ServingError("INVALID_ARGUMENT",
+                           f"output tensor alias not found in signature: {unknown}")
+    try:
+        result = sig.function(**{k: tf.constant(v, dtype=sig.inputs[k].dtype)
+                                 for k, v in arrays.items()})
+    except tf.errors.InvalidArgumentError as err:
+        raise ServingError("INVALID_ARGUMENT", err.message) from None
+    except UnicodeDecodeError as err:
+        # TF could not turn an op's error into a Python string because it quotes the bad
+        # input, e.g. ParseExample's "Could not parse example input, value: '\xff...'".
+        raw = err.object if isinstance(err.object, bytes) else b""
+        raise ServingError("INVALID_ARGUMENT",
+                           raw.decode("utf-8", "backslashreplace").strip()
+                           or f"running {signature_name}: invalid input") from None
+    except (tf.errors.OpError, ValueError, TypeError) as err:
+        raise ServingError("INTERNAL", f"running {signature_name}: {err}") from None
+    names = list(output_filter) or sorted(result)
+    return {k: result[k].numpy() for k in names}
