@@ -56,6 +56,7 @@ class DataOptions:
     max_vocabulary: int | None = None
     validation_fraction: float = VALIDATION_FRACTION
     teacher_batch_size: int = 512
+    teacher_spec: dict | None = None  # None: components.teacher.DEFAULT_TEACHER_SPEC
 
 
 def carve_validation(table: pa.Table, fraction: float, time_column: str | None = None):
@@ -86,7 +87,7 @@ def cross_fitted_teacher(fit: pa.Table, ev: pa.Table, numeric, categorical, opts
         metrics = teacher.fit_teacher_table(fit, numeric, categorical, export, steps=opts.teacher_steps,
                                             batch_size=opts.teacher_batch_size, folds=opts.folds,
                                             min_count=opts.min_count, max_vocabulary=opts.max_vocabulary,
-                                            log=log)
+                                            spec=opts.teacher_spec, log=log)
         fit_logits, fit_by, fit_info = teacher.score_teacher_table(fit, export, log=log)
         eval_logits, eval_by, eval_info = teacher.score_teacher_table(ev, export, log=log)
     if opts.folds > 1:
@@ -110,8 +111,10 @@ def _teacher_source(metrics: dict) -> str:
 
 def _with_teacher(name, train, validation, ev, numeric, categorical, opts, log):
     """Cross-fits the teacher on train + validation and attaches `teacher_logit` columns."""
-    train = train.drop_columns([c for c in ("teacher_logit",) if c in train.column_names])
-    ev = ev.drop_columns([c for c in ("teacher_logit",) if c in ev.column_names])
+    def strip(t):  # an oracle teacher column (generated logs) is replaced, never used
+        return t.drop_columns(["teacher_logit"]) if t is not None and "teacher_logit" in t.column_names else t
+
+    train, validation, ev = strip(train), strip(validation), strip(ev)
     fit = pa.concat_tables([train, validation]) if validation is not None else train
     fit_logits, eval_logits, metrics = cross_fitted_teacher(fit, ev, numeric, categorical, opts, log)
     n = train.num_rows

@@ -75,7 +75,10 @@ def run_quality(data, base: RankerConfig, settings: quality.TrainSettings, seeds
     runs = []
     for optimizer in optimizers:
         for seed in range(seeds):
-            train_ds = table_to_dataset(data.train, data.features, batch_size=settings.batch_size,
+            # A fresh dataset per arm: every arm of a seed sees the same batches in the same order
+            # (iterating one seeded dataset twice would reshuffle), so arms are paired.
+            def train_ds(seed=seed):
+                return table_to_dataset(data.train, data.features, batch_size=settings.batch_size,
                                         shuffle_seed=seed, repeat=True)
 
             def log_row(row):
@@ -91,7 +94,7 @@ def run_quality(data, base: RankerConfig, settings: quality.TrainSettings, seeds
             if "matta" in methods:
                 config = quality.arm_config(base, student, ta, base.loss_weights, seed, settings,
                                             mixnmatch_train_specs=base.mixnmatch_train_specs)
-                model, seconds = quality.train(config, train_ds, optimizer, settings)
+                model, seconds = quality.train(config, train_ds(), optimizer, settings)
                 for size, spec in trained_sizes.items():
                     record("matta", size, model, seconds, spec)
             for size, spec in trained_sizes.items():
@@ -99,13 +102,13 @@ def run_quality(data, base: RankerConfig, settings: quality.TrainSettings, seeds
                     if method not in methods:
                         continue
                     config = quality.arm_config(base, spec, spec, weights, seed, settings)
-                    model, seconds = quality.train(config, train_ds, optimizer, settings)
+                    model, seconds = quality.train(config, train_ds(), optimizer, settings)
                     record(method, size, model, seconds, spec)
             if "tfrs" in methods and optimizer == "adam" and "student" in trained_sizes:
                 from bench import tfrs_reference
 
                 m, params, seconds = tfrs_reference.train_and_eval(
-                    data.features, student, train_ds, eval_batches, labels, settings.steps,
+                    data.features, student, train_ds(), eval_batches, labels, settings.steps,
                     settings.adam_lr, seed)
                 log_row({"optimizer": optimizer, "seed": seed, "method": "tfrs", "size": "student",
                          "train_seconds": seconds, **cost(base.features, student), "params": params, **m})
