@@ -61,6 +61,8 @@ class NumpyShampoo:
         cfg = self.cfg
         for name, g in grads.items():
             g = g.astype(np.float64)
+            if not np.isfinite(g).all():
+                continue  # a non-finite gradient skips this variable's whole step
             s = self.state[name]
             if cfg.graft == "adam":
                 s["graft"] = cfg.graft_beta2 * s["graft"] + (1 - cfg.graft_beta2) * g * g
@@ -141,6 +143,42 @@ def test_trajectory_matches_float64_numpy(name):
     layout = opt.preconditioner_layout(variables["w_blocked"])
     expected_blocks = (3, 5) if cfg.block_size == 16 else (1, 1)
     assert layout.num_blocks == expected_blocks
+
+
+def test_trajectory_with_nonfinite_gradients_matches_float64_numpy():
+    """NaN / inf gradients for single variables on some steps (one a root recomputation
+    step): the NumPy reference skips exactly that variable's step (t still advances for
+    the bias corrections) and the optimizer must follow it to 1e-4."""
+    cfg = TRAJECTORY_CONFIGS["adam_graft_nesterov_wd"]  # recomputes at t = 4, 7, 10
+    rng = np.random.default_rng(3)
+    shapes = {"w_blocked": (46, 67), "w_small": (24, 12), "bias": (67,)}
+    init = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+    grads = [{k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+             for _ in range(12)]
+    grads[2]["w_blocked"][5, 60] = np.nan  # t = 3
+    grads[3]["w_small"][0, 0] = np.inf  # t = 4, a recompute step
+    grads[4]["w_small"][:] = np.nan  # t = 5: twice in a row
+    grads[8]["bias"][7] = -np.inf  # t = 9
+    variables = {k: tf.Variable(v, name=k) for k, v in init.items()}
+    opt = Shampoo(learning_rate=0.01, config=cfg)
+
+    @tf.function
+    def apply(g):
+        opt.apply_gradients([(g[k], variables[k]) for k in shapes])
+
+    ref = NumpyShampoo(0.01, cfg, shapes)
+    weights = {k: v.astype(np.float64) for k, v in init.items()}
+    for t, g in enumerate(grads, start=1):
+        apply({k: tf.constant(v) for k, v in g.items()})
+        ref.step(t, weights, g)
+        for k in shapes:
+            assert np.isfinite(variables[k].numpy()).all(), (t, k)
+    for k in shapes:
+        err = rel_err(variables[k].numpy() - init[k], weights[k] - init[k])
+        assert err < 1e-4, (k, err)
+    assert int(opt.skipped_nonfinite.numpy()) == 4  # steps 3, 4, 5 and 9
+    assert int(opt.root_failures.numpy()) == 0
+    assert all(np.isfinite(v.numpy()).all() for v in opt.variables)
 
 
 def test_roots_only_change_on_recompute_steps():
@@ -231,7 +269,7 @@ def test_million_row_embedding_touches_only_rows_and_stays_sparse():
     dense_bytes = rows * dim * 4
     slot_bytes = sum(int(np.prod(v.shape)) * v.dtype.size for v in opt.variables
                      if "big/embeddings" in v.name)
-    assert slot_bytes <= 2 * dense_bytes
+    assert slot_bytes <= 2 * dense_bytes + 1  # + the bool "non-finite this step" flag
     assert rss_growth < dense_bytes // 2, rss_growth  # a densified gradient would add 64 MB
 
 
@@ -416,17 +454,23 @@ MIRRORED_SCRIPT = textwrap.dedent("""
         ds = tf.data.Dataset.from_tensor_slices(((ids, x), y)).batch(32)
         model.fit(ds, epochs=2, verbose=0)
         return ([w.numpy() for w in model.weights], int(opt.iterations.numpy()),
-                int(opt.root_failures.numpy()))
+                int(opt.root_failures.numpy()), int(opt.skipped_nonfinite.numpy()))
 
-    single, it1, f1 = train(tf.distribute.get_strategy())
+    single, it1, f1, s1 = train(tf.distribute.get_strategy())
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    multi, it2, f2 = train(mirrored)
+    multi, it2, f2, s2 = train(mirrored)
+    x[40, 3] = np.nan  # one NaN feature in batch 2: that step is skipped on both replicas
+    nan_single, _, _, s3 = train(tf.distribute.get_strategy())
+    nan_multi, _, _, s4 = train(mirrored)
     print("RESULT " + json.dumps({
         "replicas": mirrored.num_replicas_in_sync,
         "max_abs_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(single, multi)),
         "max_abs_change": max(float(np.max(np.abs(a))) for a in multi),
-        "finite": all(bool(np.isfinite(a).all()) for a in multi),
-        "iterations": [it1, it2], "root_failures": [f1, f2]}))
+        "finite": all(bool(np.isfinite(a).all()) for a in multi + nan_single + nan_multi),
+        "nan_max_abs_diff": max(float(np.max(np.abs(a - b)))
+                                for a, b in zip(nan_single, nan_multi)),
+        "iterations": [it1, it2], "root_failures": [f1, f2],
+        "skipped_nonfinite": [s1, s2, s3, s4]}))
 """)
 
 
@@ -441,3 +485,5 @@ def test_mirrored_strategy_two_cpus_matches_single_device():
     assert result["replicas"] == 2 and result["finite"]
     assert result["iterations"] == [16, 16] and result["root_failures"] == [0, 0]
     assert result["max_abs_diff"] < 1e-4, result
+    assert result["skipped_nonfinite"] == [0, 0, 2, 2], result  # 2 epochs x 1 bad batch
+    assert result["nan_max_abs_diff"] < 1e-4, result

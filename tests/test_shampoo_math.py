@@ -230,3 +230,45 @@ def test_max_eigenvalue_close_gap():
     est = sm.max_eigenvalue(tf.constant(a)).numpy()
     # 2^10 power steps with a 0.2% gap: the Rayleigh quotient is well within 1e-4
     assert abs(est[0] - 5.0) < 1e-4 * 5.0 and est[1] == 0.0
+
+
+# ---------------------------------------------------------------------------- non-finite
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+def test_finite_squared_norm_matches_float64_overflow_rule():
+    """True iff every entry is finite and ||x||^2 (float64) fits in float32 -- checked away
+    from the boundary (float32 summation order only matters within round-off of it)."""
+    rng = np.random.default_rng(8)
+    cases = {
+        "normal": rng.standard_normal((7, 5)),
+        "one_nan": np.where(np.arange(35).reshape(7, 5) == 17, np.nan, 1.0),
+        "one_inf": np.where(np.arange(35).reshape(7, 5) == 3, -np.inf, 1.0),
+        "huge_entry": np.where(np.arange(35).reshape(7, 5) == 0, 2e19, 1.0),  # 4e38
+        "big_but_fits": np.full((7, 5), 3e18),  # 35 * 9e36 = 3.2e38 < 3.4e38
+        "overflowing_sum": np.full((7, 5), 4e18),  # 35 * 1.6e37 = 5.6e38
+        "zeros": np.zeros((7, 5)),
+    }
+    for name, x in cases.items():
+        x32 = x.astype(np.float32)
+        x64 = x32.astype(np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            expected = bool(np.isfinite(x64).all() and np.sum(x64 ** 2) <= F32_MAX)
+        assert bool(sm.finite_squared_norm(tf.constant(x32)).numpy()) == expected, name
+        assert bool(sm.finite_squared_norm(tf.constant(x64)).numpy()) == bool(
+            np.isfinite(x64).all()), name  # float64 input: nothing here overflows float64
+    # per row, on a half-precision tensor (checked in float32: 300^2 * 5 overflows fp16)
+    rows = np.array([[1.0] * 5, [300.0] * 5, [np.nan] + [1.0] * 4, [np.inf] * 5])
+    out = sm.finite_squared_norm(tf.constant(rows, tf.float16), axis=1).numpy()
+    assert out.tolist() == [True, True, False, False]
+
+
+def test_keep_finite_blocks():
+    rng = np.random.default_rng(9)
+    old = rng.standard_normal((4, 3, 3)).astype(np.float32)
+    new = rng.standard_normal((4, 3, 3)).astype(np.float32)
+    new[1, 2, 0] = np.inf
+    new[3, 0, 0] = np.nan
+    out = sm.keep_finite_blocks(tf.constant(new), tf.constant(old)).numpy()
+    np.testing.assert_array_equal(out[[0, 2]], new[[0, 2]])
+    np.testing.assert_array_equal(out[[1, 3]], old[[1, 3]])

@@ -27,6 +27,21 @@ Sparse gradients (`tf.IndexedSlices`, e.g. embedding tables) never touch the Kro
 factors: the touched rows get the grafted diagonal method (row-wise Adam/Adagrad/...),
 lazy momentum and lazy weight decay, all by gather/scatter on those rows only, so a
 million-row table is never densified and untouched rows stay bit-identical.
+
+Non-finite gradients (issue 12). A gradient is *non-finite* when ``sum(G^2)`` is not
+finite: an entry is NaN/inf, or the entries are so large that ``G G^T`` would overflow
+(`shampoo_math.finite_squared_norm`, one reduction per gradient). Such a step is skipped
+for that variable: no statistics, graft-state, momentum, root or weight update, all of it
+bit-identical to before the step (the other variables of the step are updated normally).
+Row-sparse gradients are checked per row: only the non-finite rows are skipped, the finite
+rows of the same step are updated (a NaN example only blocks the embedding rows it looked
+up). `skipped_nonfinite` counts the steps in which anything was skipped, and with
+``max_consecutive_nonfinite=N`` the step after N consecutive skips of one variable raises
+`tf.errors.InvalidArgumentError` naming it. The global step still advances on a skipped
+step, so later bias corrections use the global step count. Invariant: the statistics and
+roots never become non-finite -- statistics only take finite gradients and a block whose
+accumulation would overflow keeps its previous value; a root that comes out non-finite
+keeps the previous root (counted in `root_failures`).
 """
 from __future__ import annotations
 
@@ -74,6 +89,10 @@ class ShampooConfig:
         TFRS embedding tables (``.../embeddings``): their gradients are sparse rows, and
         Kronecker statistics for a tall ``[vocab, d]`` table would cost ``vocab *
         block_size`` floats for nothing.
+      max_consecutive_nonfinite: None (default) skips non-finite gradients forever; an
+        int N >= 0 raises `tf.errors.InvalidArgumentError` naming the variable when one
+        variable's gradient has been non-finite in more than N consecutive steps (0: on
+        the first one, i.e. fail fast instead of skipping).
     """
 
     block_size: int = 128
@@ -94,6 +113,7 @@ class ShampooConfig:
     newton_max_iters: int = 100
     newton_tolerance: float = 1e-6
     diagonal_only: tuple[str, ...] = ("embeddings",)
+    max_consecutive_nonfinite: int | None = None
 
     def __post_init__(self):
         # Lists come back from JSON configs; keep the dataclass hashable.
@@ -127,6 +147,11 @@ class ShampooConfig:
         check(isinstance(self.newton_max_iters, int) and self.newton_max_iters >= 1,
               "newton_max_iters", "a positive int")
         check(self.newton_tolerance > 0.0, "newton_tolerance", "> 0")
+        check(self.max_consecutive_nonfinite is None
+              or (isinstance(self.max_consecutive_nonfinite, int)
+                  and not isinstance(self.max_consecutive_nonfinite, bool)
+                  and self.max_consecutive_nonfinite >= 0),
+              "max_consecutive_nonfinite", "None or an int >= 0")
         for pattern in self.diagonal_only:
             try:
                 re.compile(pattern)
@@ -161,6 +186,10 @@ class Shampoo(tf.keras.optimizers.Optimizer):
       root_failures: int64 variable, number of (block, factor) roots that came out
         non-finite (or, for Newton, did not converge) and were skipped, keeping the
         previous preconditioner.
+      skipped_nonfinite: int64 variable, number of steps in which at least one variable's
+        update (or, for row-sparse gradients, at least one row's) was skipped because its
+        gradient was non-finite. `nonfinite_streak(variable)` is that variable's current
+        run of consecutive skipped steps.
     """
 
     def __init__(
@@ -208,12 +237,21 @@ class Shampoo(tf.keras.optimizers.Optimizer):
         with tf.init_scope():
             self._root_failures = self.add_variable(
                 shape=[], dtype=tf.int64, initializer="zeros", name="root_failures")
+            self._skipped_nonfinite = self.add_variable(
+                shape=[], dtype=tf.int64, initializer="zeros", name="skipped_nonfinite")
+            self._nonfinite_streaks = self.add_variable(
+                shape=[len(var_list)], dtype=tf.int64, initializer="zeros",
+                name="nonfinite_streaks")
         for i, var in enumerate(var_list):
             layout = sm.make_layout(var.shape, cfg.block_size, cfg.max_preconditioner_dim,
                                     cfg.exponent_override)
             if any(re.search(p, var.name) for p in cfg.diagonal_only):
                 layout = sm.diagonal_layout(var.shape)
             self._layouts.append(layout)
+            with tf.init_scope():  # this step's gradient was non-finite (any row)
+                self._slots[f"{i}_nonfinite"] = self.add_variable(
+                    shape=[], dtype=tf.bool, initializer="zeros",
+                    name=f"nonfinite/{var._shared_name}")
             if cfg.beta1 > 0.0:
                 self._slots[f"{i}_momentum"] = self.add_variable_from_reference(
                     var, "shampoo_momentum")
@@ -235,6 +273,15 @@ class Shampoo(tf.keras.optimizers.Optimizer):
     def root_failures(self) -> tf.Variable:
         return self._root_failures
 
+    @property
+    def skipped_nonfinite(self) -> tf.Variable:
+        return self._skipped_nonfinite
+
+    def nonfinite_streak(self, variable) -> tf.Tensor:
+        """int64 scalar: consecutive steps (up to the last one) in which `variable`'s
+        gradient was non-finite (any row, for row-sparse gradients); 0 after a good step."""
+        return self._nonfinite_streaks[self._index_dict[self._var_key(variable)]]
+
     def preconditioner_layout(self, variable) -> sm.BlockLayout:
         """The `BlockLayout` used for a model variable (after `build`)."""
         return self._layouts[self._index_dict[self._var_key(variable)]]
@@ -252,9 +299,25 @@ class Shampoo(tf.keras.optimizers.Optimizer):
         step = tf.cast(step_int, dtype)
         use_decay = cfg.weight_decay > 0.0 and self._use_weight_decay(variable)
         if isinstance(gradient, tf.IndexedSlices):
-            self._sparse_update(gradient, variable, index, lr, step, use_decay)
-            return
-        grad = tf.cast(gradient, dtype)
+            skipped = self._sparse_update(gradient, variable, index, lr, step, use_decay)
+        else:
+            grad = tf.cast(gradient, dtype)
+            finite = sm.finite_squared_norm(grad)
+
+            def update():
+                self._dense_update(grad, variable, index, lr, step, step_int, use_decay)
+                return tf.constant(True)
+
+            # A non-finite gradient skips the whole update of this variable.
+            tf.cond(finite, update, lambda: tf.constant(False))
+            skipped = tf.logical_not(finite)
+        # One small write per variable; the counting is done once per step for all of
+        # them in `_distributed_apply_gradients_fn`.
+        self._slot(index, "nonfinite").assign(skipped)
+
+    def _dense_update(self, grad, variable, index, lr, step, step_int, use_decay):
+        cfg = self.config
+        dtype = variable.dtype
         graft_state = self._slot(index, "graft")
         grafted, new_graft_state = sm.graft_step(
             grad, graft_state, cfg.graft, step, cfg.graft_beta2, cfg.epsilon)
@@ -285,7 +348,9 @@ class Shampoo(tf.keras.optimizers.Optimizer):
                 continue
             stats = self._slot(index, f"{side}_stats")
             root = self._slot(index, f"{side}_root")
-            stats.assign(sm.update_statistics(stats, blocks, cfg.beta2, dim))
+            old = stats.read_value()
+            stats.assign(sm.keep_finite_blocks(
+                sm.update_statistics(old, blocks, cfg.beta2, dim), old))
             stats_and_roots.append((stats, root))
             roots.append(root)
 
@@ -327,26 +392,90 @@ class Shampoo(tf.keras.optimizers.Optimizer):
 
     def _sparse_update(self, gradient, variable, index, lr, step, use_decay):
         """Row-wise grafted update of the touched rows only (indices are deduplicated by
-        the base class before `update_step`)."""
-        cfg = self.config
+        the base class before `update_step`, so a row's value is the sum over its
+        lookups). Rows whose gradient is non-finite are skipped: their weights, graft
+        state and momentum are written back unchanged (bit-identical), the other rows are
+        updated. Returns a bool scalar: whether any row was skipped."""
         rows = gradient.indices
         values = tf.cast(gradient.values, variable.dtype)
+        flat = values if values.shape.rank == 2 else tf.reshape(
+            values, [tf.shape(values)[0], -1])
+        row_ok = sm.finite_squared_norm(flat, axis=1)
+        all_ok = tf.reduce_all(row_ok)
+        if self.jit_compile:  # XLA wants static shapes: mask the bad rows
+            mask = tf.reshape(row_ok, [-1] + [1] * (variable.shape.rank - 1))
+            self._sparse_rows_update(values, rows, mask, variable, index, lr, step, use_decay)
+        else:  # drop the bad rows (the row count is dynamic anyway after deduplication)
+            keep = tf.where(row_ok)[:, 0]
+            self._sparse_rows_update(tf.gather(values, keep), tf.gather(rows, keep), None,
+                                     variable, index, lr, step, use_decay)
+        return tf.logical_not(all_ok)
+
+    def _sparse_rows_update(self, values, rows, ok, variable, index, lr, step, use_decay):
+        """The row update; with a bool mask `ok` (rows x 1...) the rows where it is False
+        keep their weights and state (masks rather than `boolean_mask` keep static shapes)."""
+        cfg = self.config
+
+        def keep(new, old):
+            return new if ok is None else tf.where(ok, new, old)
+
+        zero = tf.constant(0, values.dtype)
+        values = keep(values, zero)
         graft_state = self._slot(index, "graft")
         state_rows = tf.gather(graft_state, rows) if graft_state is not None else None
         update, new_state_rows = sm.graft_step(
             values, state_rows, cfg.graft, step, cfg.graft_beta2, cfg.epsilon)
         if new_state_rows is not None:
-            graft_state.scatter_update(tf.IndexedSlices(new_state_rows, rows))
+            graft_state.scatter_update(tf.IndexedSlices(keep(new_state_rows, state_rows), rows))
         momentum = self._slot(index, "momentum")
         m_rows = tf.gather(momentum, rows) if momentum is not None else None
         direction, new_m_rows = sm.apply_momentum(
             update, m_rows, cfg.beta1, cfg.nesterov, cfg.use_bias_correction, step)
         if new_m_rows is not None:
-            momentum.scatter_update(tf.IndexedSlices(new_m_rows, rows))
+            momentum.scatter_update(tf.IndexedSlices(keep(new_m_rows, m_rows), rows))
         if use_decay:
             direction = direction + tf.cast(cfg.weight_decay, variable.dtype) * tf.gather(
                 variable, rows)
+        direction = keep(direction, zero)  # w - lr * 0 == w exactly
         variable.scatter_sub(tf.IndexedSlices(lr * direction, rows))
+
+    def _distributed_apply_gradients_fn(self, distribution, grads_and_vars, **kwargs):
+        """The base class's per-variable updates, then the step's non-finite bookkeeping
+        for all variables at once (outside the per-variable functions, so it also holds
+        under `jit_compile`, where XLA would drop an assertion)."""
+        iteration = super()._distributed_apply_gradients_fn(
+            distribution, grads_and_vars, **kwargs)
+        variables = [var for _, var in grads_and_vars]
+        indices = [self._index_dict[self._var_key(var)] for var in variables]
+        flags = tf.stack([self._slot(i, "nonfinite").read_value() for i in indices])
+        all_streaks = self._nonfinite_streaks.read_value()
+        every = indices == list(range(len(self._layouts)))
+        previous = all_streaks if every else tf.gather(all_streaks, indices)
+        streaks = tf.where(flags, previous + 1, tf.constant(0, tf.int64))
+        self._nonfinite_streaks.assign(streaks if every else tf.tensor_scatter_nd_update(
+            all_streaks, tf.constant(indices)[:, None], streaks))
+        self._skipped_nonfinite.assign_add(tf.cast(tf.reduce_any(flags), tf.int64))
+        limit = self.config.max_consecutive_nonfinite
+        if limit is None:
+            return iteration
+
+        def fail():
+            checks = []
+            for var, value in zip(variables, tf.unstack(streaks), strict=True):
+                name = var.name.replace("{", "(").replace("}", ")")
+                message = tf.strings.format(
+                    f"Shampoo: the gradient of variable `{name}` was non-finite in {{}} "
+                    "consecutive steps (NaN/inf, or its squared norm overflowed), more than "
+                    f"max_consecutive_nonfinite={limit}; those updates were skipped. Check "
+                    "the inputs and the loss for NaN/inf, or lower the learning rate.",
+                    value)
+                checks.append(tf.debugging.Assert(value <= limit, [message]))
+            with tf.control_dependencies(checks):
+                return tf.constant(False)
+
+        with tf.control_dependencies([tf.cond(tf.reduce_all(streaks <= limit),
+                                              lambda: tf.constant(True), fail)]):
+            return tf.identity(iteration)
 
     # ------------------------------------------------------------------------------------
     def get_config(self):

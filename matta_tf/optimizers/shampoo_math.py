@@ -254,6 +254,36 @@ def graft_blocks(direction_blocks: tf.Tensor, graft_step: tf.Tensor,
     return direction_blocks * scale[:, None, None]
 
 
+def finite_squared_norm(x: tf.Tensor, axis=None) -> tf.Tensor:
+    """True where ``sum(x^2)`` (over `axis`; all of `x` by default) is finite.
+
+    This is the optimizer's non-finite gradient test: one reduction, as cheap as
+    ``reduce_all(is_finite(x))``, and False both when an entry is NaN/inf and when the
+    entries are finite but so large that ``||x||^2`` overflows -- the case in which
+    ``G G^T``, ``G^T G`` and the graft's ``g^2`` would overflow to inf (every entry of
+    ``G G^T`` is at most ``||G||_F^2`` in magnitude). Half-precision input is checked in
+    float32.
+    """
+    if x.dtype in (tf.float16, tf.bfloat16):
+        x = tf.cast(x, tf.float32)
+    return tf.math.is_finite(tf.reduce_sum(tf.square(x), axis=axis))
+
+
+def keep_finite_blocks(new: tf.Tensor, old: tf.Tensor) -> tf.Tensor:
+    """``new`` per matrix ``[..., n, n]``, except where it has a non-finite entry: ``old``.
+
+    Guards the statistics against overflow of a long (``beta2 = 1``) accumulation: a
+    saturated block keeps its previous value instead of becoming inf. The common case
+    costs one sum (finite sum => every entry finite); only when the sum is not finite is
+    the per-block check and select run.
+    """
+    def per_block():
+        ok = tf.reduce_all(tf.math.is_finite(new), axis=[-2, -1])
+        return tf.where(ok[..., None, None], new, old)
+
+    return tf.cond(tf.math.is_finite(tf.reduce_sum(new)), lambda: tf.identity(new), per_block)
+
+
 # ----------------------------------------------------------------------------------------
 # Inverse p-th roots
 # ----------------------------------------------------------------------------------------
