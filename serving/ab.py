@@ -24,14 +24,24 @@ is still attributed to the assigned arm (intention-to-treat) with `fallback: tru
 `fsync`ed in batches by one writer thread, and `log()` returns (the event is
 *acknowledged*) only after the batch holding it is on disk. An acknowledged event
 therefore survives the process being killed at any point; a kill can only lose events
-whose `log()` had not yet returned, and at most tears the last line, which `read_events`
-skips.
+whose `log()` had not yet returned, and at most tears the last line.
+
+Torn lines (issue 12). A kill, a full disk or a file-size limit can leave the file ending
+in a partial line. Opening an `EventLog` repairs that first (`repair_torn_tail`): the bytes
+after the last newline, and a last line that is not a JSON object, are appended to
+``<path>.torn`` (one JSON record per cut, with the exact bytes) and cut off, with a warning
+giving the byte count, so new events start on a clean line and nothing is silently lost.
+`read_events` never fails on content: a line that is not a JSON object, anywhere in the
+file, is skipped and reported (`read_events(path, errors=[])`, `read_events_with_errors`).
+One `EventLog` per file at a time: the repair assumes no other writer is appending.
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import threading
 import time
@@ -41,6 +51,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from serving.config import validate_name
+
+logger = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------ configuration
 
@@ -162,6 +174,11 @@ class EventLog:
     running, so a busy log does one fsync per many events and an idle one adds no delay
     (as database group commit does with no commit delay). `flush_interval_s` only bounds
     how long the idle writer sleeps between checks.
+
+    Opening an existing file first cuts a torn tail left by a previous run (a kill, or a
+    write cut short by a full disk / file-size limit) and saves it to ``<path>.torn``;
+    `repair` says what was cut (None if the file ended cleanly). After a failed write
+    (`OSError` from `log`/`wait`) the log is unusable; reopen it to continue.
     """
 
     def __init__(self, path: str, batch_size: int = 256, flush_interval_s: float = 0.02):
@@ -173,6 +190,8 @@ class EventLog:
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
         existed = os.path.exists(path)
+        # What a previous run left torn at the end (None: the file ended cleanly).
+        self.repair: TailRepair | None = repair_torn_tail(path) if existed else None
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         if not existed:  # make the new directory entry durable too
             dir_fd = os.open(parent, os.O_RDONLY)
@@ -273,22 +292,162 @@ class EventLog:
         self.close()
 
 
-def read_events(path: str) -> list[dict]:
-    """Reads an event log; a torn last line (killed mid-write) is skipped, any other bad
-    line raises ValueError naming the file and line number."""
-    with open(path, "rb") as f:
-        data = f.read()
-    lines = data.split(b"\n")
-    torn = lines.pop()  # b"" when the file ends with a newline
-    events = []
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+@dataclasses.dataclass(frozen=True)
+class TailRepair:
+    """A torn tail cut from an event log when it was opened."""
+
+    path: str
+    offset: int  # the file's new size: where the cut bytes started
+    length: int  # bytes cut (0 if the tail was only newline-terminated)
+    reason: str
+    saved_to: str | None  # the `.torn` file holding the bytes (None: they stayed in place)
+
+
+@dataclasses.dataclass(frozen=True)
+class UnreadableLine:
+    """A line of an event log that `read_events` skipped."""
+
+    line: int  # 1-based line number
+    offset: int  # byte offset of the line's start
+    length: int  # bytes, without the newline
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line} (byte {self.offset}, {self.length} bytes): {self.reason}"
+
+
+def _parse_event(line: bytes) -> tuple[dict | None, str | None]:
+    """(event, None) for a JSON object line, else (None, why not)."""
+    try:
+        event = json.loads(line)
+    except ValueError as err:  # JSONDecodeError, or UnicodeDecodeError for bad UTF-8
+        return None, f"not valid JSON: {err}"
+    if not isinstance(event, dict):
+        return None, f"not a JSON object (a {type(event).__name__})"
+    return event, None
+
+
+def _tail_to_cut(fd: int, size: int, chunk: int = 1 << 16) -> tuple[int, str]:
+    """(offset, reason): where the torn tail of the file starts (`size` if none).
+
+    Reads backwards only as far as the last two newlines. The tail is the bytes after
+    the last newline, plus the last complete line if it is not a JSON object.
+    """
+    data = b""
+    start = size
+    newlines = 0
+    while start > 0 and newlines < 2:
+        n = min(chunk, start)
+        start -= n
+        data = os.pread(fd, n, start) + data
+        newlines = data.count(b"\n")
+    last_nl = data.rfind(b"\n")
+    if last_nl < 0:  # no newline at all: the whole file is one torn line
+        return (0, "no newline in the file") if data else (size, "")
+    complete_end = start + last_nl + 1
+    prev_nl = data.rfind(b"\n", 0, last_nl)
+    line_start = start + prev_nl + 1 if prev_nl >= 0 else start
+    last_line = data[line_start - start:last_nl]
+    if last_line.strip():
+        _, why = _parse_event(last_line)
+        if why is not None:
+            torn = "; and bytes after it with no newline" if complete_end < size else ""
+            return line_start, f"the last line is {why}{torn}"
+    if complete_end < size:
+        return complete_end, "bytes after the last newline (a write cut short)"
+    return size, ""
+
+
+def repair_torn_tail(path: str) -> TailRepair | None:
+    """Cuts a torn tail off the event log at `path` (see the module docstring).
+
+    The cut bytes are appended to ``<path>.torn`` as one JSON record (``offset``,
+    ``length``, ``reason``, ``bytes_b64`` with the exact bytes and ``text`` for reading)
+    and fsynced before the log is truncated and fsynced. If they cannot be saved aside
+    (e.g. the disk is full), the tail is not cut but newline-terminated, so it stays in
+    the log as one unreadable line that `read_events` skips and reports. Returns None if
+    the file ends cleanly.
+    """
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        offset, reason = _tail_to_cut(fd, size)
+        if offset >= size:
+            return None
+        torn = os.pread(fd, size - offset, offset)
+        aside = path + ".torn"
+        record = json.dumps({
+            "ts": time.time(), "path": os.path.abspath(path), "offset": offset,
+            "length": len(torn), "reason": reason,
+            "bytes_b64": base64.b64encode(torn).decode("ascii"),
+            "text": torn.decode("utf-8", "backslashreplace")}) + "\n"
         try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: line {i} is not valid JSON: {err}") from None
-    del torn
+            aside_fd = os.open(aside, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                view = memoryview(record.encode("utf-8"))
+                while view:
+                    view = view[os.write(aside_fd, view):]
+                os.fsync(aside_fd)
+            finally:
+                os.close(aside_fd)
+        except OSError as err:
+            if torn.endswith(b"\n"):  # an invalid but complete line: leave it be
+                logger.error("event log %s: cannot save %d bytes of a bad last line to %s "
+                             "(%s); left in place, readers skip it", path, len(torn), aside,
+                             err)
+                return TailRepair(path, size, 0, f"{reason}; not saved: {err}", None)
+            os.pwrite(fd, b"\n", size)
+            os.fsync(fd)
+            logger.error("event log %s: cannot save %d torn bytes at byte %d to %s (%s); "
+                         "newline-terminated them instead, readers skip that line", path,
+                         len(torn), offset, aside, err)
+            return TailRepair(path, size + 1, 0, f"{reason}; not saved: {err}", None)
+        os.ftruncate(fd, offset)
+        os.fsync(fd)
+        logger.warning("event log %s: cut %d torn bytes at byte %d (%s); saved to %s",
+                       path, len(torn), offset, reason, aside)
+        return TailRepair(path, offset, len(torn), reason, aside)
+    finally:
+        os.close(fd)
+
+
+def read_events_with_errors(path: str) -> tuple[list[dict], list[UnreadableLine]]:
+    """(events, unreadable lines) of an event log; never raises on the file's content.
+
+    A line that is not a JSON object (torn, merged with the next one, bad UTF-8, ...) and
+    a last line without a newline (a write cut short) are skipped and listed; blank lines
+    are ignored.
+    """
+    events: list[dict] = []
+    errors: list[UnreadableLine] = []
+    offset = 0
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            line = raw[:-1] if raw.endswith(b"\n") else raw
+            if line.strip():
+                if len(line) == len(raw):
+                    errors.append(UnreadableLine(
+                        number, offset, len(line), "torn: no newline at the end of the file"))
+                else:
+                    event, why = _parse_event(line)
+                    if why is None:
+                        events.append(event)
+                    else:
+                        errors.append(UnreadableLine(number, offset, len(line), why))
+            offset += len(raw)
+    if errors:
+        logger.warning("%s: skipped %d unreadable line(s); first: %s", path, len(errors),
+                       errors[0])
+    return events, errors
+
+
+def read_events(path: str, errors: list | None = None) -> list[dict]:
+    """Reads an event log. Lines that are not JSON objects, anywhere, are skipped (see
+    `read_events_with_errors`); pass a list as `errors` to get them as `UnreadableLine`s,
+    e.g. to print "N unreadable lines skipped"."""
+    events, found = read_events_with_errors(path)
+    if errors is not None:
+        errors.extend(found)
     return events
 
 

@@ -1,5 +1,7 @@
 """serving.ab and serving.analysis: assignment, durable log under SIGKILL, statistics."""
+import base64
 import json
+import logging
 import math
 import os
 import signal
@@ -118,7 +120,9 @@ def test_sigkill_loses_no_acknowledged_event(tmp_path):
     assert not missing, f"{len(missing)} acknowledged events lost, e.g. {missing[:5]}"
 
 
-def test_event_log_reader_skips_torn_tail_but_not_corruption(tmp_path):
+def test_event_log_reader_skips_and_reports_torn_and_corrupt_lines(tmp_path):
+    """A torn tail and bad lines anywhere (a torn line merged with the next write, bad
+    UTF-8, a JSON value that is not an object) are skipped and reported; never raised."""
     path = tmp_path / "e.jsonl"
     with ab.EventLog(str(path), batch_size=4) as log:
         for i in range(10):
@@ -126,15 +130,143 @@ def test_event_log_reader_skips_torn_tail_but_not_corruption(tmp_path):
     assert [e["id"] for e in ab.read_events(str(path))] == list(range(10))
     with open(path, "ab") as f:
         f.write(b'{"type": "outc')  # killed mid-write
-    assert len(ab.read_events(str(path))) == 10
-    with open(path, "ab") as f:
-        f.write(b"\n" + b'{"id": 11}\n')
-    with pytest.raises(ValueError, match="line 11 is not valid JSON"):
-        ab.read_events(str(path))
+    errors = []
+    assert len(ab.read_events(str(path), errors=errors)) == 10
+    assert len(errors) == 1 and errors[0].line == 11 and "torn" in errors[0].reason
+    assert errors[0].length == 14 and errors[0].offset == path.stat().st_size - 14
+    with open(path, "ab") as f:  # what an appender that does not repair the tail did
+        f.write(b'{"id": 11}\n' + b'\xff\xfe{"id": 12}\n' + b"[1, 2]\n" + b"\n" + b'{"id": 13}\n'
+                + b'{"id": 14, "x": ')
+    events, errors = ab.read_events_with_errors(str(path))
+    assert [e["id"] for e in events] == list(range(10)) + [13]
+    assert [(e.line, e.reason.split(":")[0]) for e in errors] == [
+        (11, "not valid JSON"), (12, "not valid JSON"), (13, "not a JSON object (a list)"),
+        (16, "torn")]
+    assert ab.read_events(str(path)) == events  # the old signature still works
     log = ab.EventLog(str(tmp_path / "x.jsonl"))
     log.close()
     with pytest.raises(ValueError, match="closed"):
         log.append({"a": 1})
+
+
+_SHORT_WRITE_SCRIPT = r"""
+import json, os, resource, signal, sys
+sys.path.insert(0, sys.argv[2])
+from serving.ab import EventLog
+
+path = sys.argv[1]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
+log = EventLog(path, batch_size=64)
+event = lambda name: {"type": "outcome", "id": name, "payload": "x" * 80}
+for i in range(5):
+    log.log(event(f"a{i}"))
+line = len(json.dumps(event("b0"), separators=(",", ":"))) + 1
+before = os.path.getsize(path)
+limit = before + 3 * line + 40  # the file may not grow past the 40th byte of line b3
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+seqs = [log.append(event(f"b{i}")) for i in range(8)]
+acked, error = [], None
+for i, seq in enumerate(seqs):
+    try:
+        log.wait(seq, timeout=10)
+        acked.append(f"b{i}")
+    except OSError as err:
+        error = str(err)
+        break
+try:
+    log.close()
+except OSError:
+    pass
+print("RESULT " + json.dumps({"before": before, "line": line, "limit": limit, "acked": acked,
+                               "error": error, "size": os.path.getsize(path)}))
+"""
+
+
+def test_short_write_torn_tail_is_cut_on_reopen_and_saved_aside(tmp_path, caplog):
+    """A real short write: RLIMIT_FSIZE stops a batch 40 bytes into a line (as a full
+    disk would). Reopening cuts exactly those 40 bytes, saves them to `.torn` and warns;
+    events appended afterwards and every complete event before are readable."""
+    path = tmp_path / "events.jsonl"
+    proc = subprocess.run([sys.executable, "-c", _SHORT_WRITE_SCRIPT, str(path), REPO],
+                          capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    r = json.loads(lines[-1][len("RESULT "):])
+    assert r["error"] and "File too large" in r["error"], r  # EFBIG: the write was cut
+    assert r["size"] == r["limit"] == r["before"] + 3 * r["line"] + 40, r
+    raw = path.read_bytes()
+    torn = raw[r["before"] + 3 * r["line"]:]
+    assert len(torn) == 40 and not raw.endswith(b"\n")
+
+    caplog.set_level(logging.WARNING, logger="serving.ab")
+    with ab.EventLog(str(path), batch_size=8) as log:
+        assert log.repair is not None and log.repair.length == 40
+        assert log.repair.offset == r["before"] + 3 * r["line"]
+        assert log.repair.saved_to == str(path) + ".torn"
+        for i in range(5):
+            log.log({"type": "outcome", "id": f"c{i}"})
+    assert any("cut 40 torn bytes" in rec.getMessage() for rec in caplog.records)
+    (record,) = [json.loads(ln) for ln in (tmp_path / "events.jsonl.torn").read_text().splitlines()]
+    assert record["length"] == 40 and base64.b64decode(record["bytes_b64"]) == torn
+    assert record["offset"] == r["before"] + 3 * r["line"]
+
+    events, errors = ab.read_events_with_errors(str(path))
+    # The three lines of the cut batch that reached the disk whole are kept (like events
+    # whose log() had not returned before a SIGKILL); acknowledged ones are among them.
+    assert set(r["acked"]) <= {"b0", "b1", "b2"}
+    assert [e["id"] for e in events] == ([f"a{i}" for i in range(5)] + ["b0", "b1", "b2"]
+                                         + [f"c{i}" for i in range(5)])
+    assert errors == []
+    with ab.EventLog(str(path)) as log:  # a clean file is left alone
+        assert log.repair is None
+
+
+def test_reopen_cuts_a_bad_last_line_and_leaves_the_middle(tmp_path):
+    path = tmp_path / "e.jsonl"
+    good = b"".join(json.dumps({"id": i}).encode() + b"\n" for i in range(3))
+    merged = b'{"type": "outc{"id": 3}\n'  # a torn line that an old appender continued
+    bad_last = b'{"id": 4, "x": [1, 2\n'
+    path.write_bytes(good + merged + good + bad_last)
+    with ab.EventLog(str(path)) as log:
+        assert log.repair.length == len(bad_last) and "last line is not valid JSON" in \
+            log.repair.reason
+        log.log({"id": 99})
+    assert path.read_bytes() == good + merged + good + b'{"id":99}\n'
+    events, errors = ab.read_events_with_errors(str(path))
+    assert [e["id"] for e in events] == [0, 1, 2, 0, 1, 2, 99]
+    assert [e.line for e in errors] == [4]  # the merged line in the middle: skipped, kept
+    (record,) = [json.loads(ln) for ln in (tmp_path / "e.jsonl.torn").read_text().splitlines()]
+    assert base64.b64decode(record["bytes_b64"]) == bad_last
+
+    # A file with no newline at all is one torn line; an empty or new file needs nothing.
+    whole = tmp_path / "w.jsonl"
+    whole.write_bytes(b'{"id": 1, "x"')
+    with ab.EventLog(str(whole)) as log:
+        assert log.repair.offset == 0 and log.repair.length == 13
+    assert whole.read_bytes() == b""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    for p in (empty, tmp_path / "new.jsonl"):
+        with ab.EventLog(str(p)) as log:
+            assert log.repair is None
+    assert not (tmp_path / "empty.jsonl.torn").exists()
+
+
+def test_torn_tail_that_cannot_be_saved_aside_is_newline_terminated(tmp_path, caplog):
+    """If `<path>.torn` cannot be written (here: it is a directory; in real life e.g. a full
+    disk), the torn bytes are not thrown away: they stay as one line that readers skip."""
+    path = tmp_path / "e.jsonl"
+    path.write_bytes(b'{"id": 0}\n{"id": 1, "pay')
+    (tmp_path / "e.jsonl.torn").mkdir()
+    caplog.set_level(logging.WARNING, logger="serving.ab")
+    with ab.EventLog(str(path)) as log:
+        assert log.repair.saved_to is None and log.repair.length == 0
+        log.log({"id": 2})
+    assert path.read_bytes() == b'{"id": 0}\n{"id": 1, "pay\n{"id":2}\n'
+    assert any("newline-terminated" in rec.getMessage() for rec in caplog.records)
+    errors = []
+    assert [e["id"] for e in ab.read_events(str(path), errors=errors)] == [0, 2]
+    assert [e.line for e in errors] == [2]
 
 
 def test_event_log_group_commit_batches_a_burst_in_order(tmp_path):
