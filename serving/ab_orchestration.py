@@ -50,17 +50,20 @@ def model_info(models_config: str, model_name: str, arm_labels: dict[str, str]) 
     return info
 
 
-def load_events(path: str) -> tuple[list[dict], int | None]:
-    """(events, number of unreadable lines skipped, or None when the reader does not say).
+def load_events(path: str) -> tuple[list[dict], int, str | None]:
+    """(events, number of unreadable lines the reader skipped, the first one described).
 
     ValueError when the log holds no readable event."""
-    from serving import ab
+    from serving.ab import read_events_with_errors
 
-    events = ab.read_events(path)
-    unreadable = None
+    events, errors = read_events_with_errors(path)
+    first = str(errors[0]) if errors else None
     if not events:
+        if errors:
+            raise ValueError(f"{path}: no readable events ({len(errors)} unreadable "
+                             f"line{'s' if len(errors) != 1 else ''} skipped; first: {first})")
         raise ValueError(f"{path}: no events to analyse (the event log is empty)")
-    return events, unreadable
+    return events, len(errors), first
 
 
 def load_offline(offline_path: str) -> tuple[dict, dict]:
@@ -92,9 +95,11 @@ def build_report(experiment_path: str, events_path: str, models_config: str | No
     offline = data = None
     if offline_path:
         offline, data = load_offline(offline_path)
-    events, unreadable = load_events(events_path)
+    events, unreadable, first = load_events(events_path)
     report = summarize(events, [a.name for a in exp.arms], exp.control, exp.shares(), info,
                        offline, offline_data=data, unreadable_lines=unreadable)
+    if first:
+        report["unreadable_first"] = first
     report["experiment"] = exp.to_dict()
     report["events_path"] = os.path.abspath(events_path)
     return report

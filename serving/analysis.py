@@ -645,10 +645,12 @@ def _ci_text(low, high, unit=""):
 
 
 def unreadable_text(report: Mapping) -> str | None:
+    """The warning for lines the event-log reader skipped (None: none, or not known)."""
     n = report.get("unreadable_lines")
-    if n is None:
+    if not n:
         return None
-    return f"{n} unreadable event-log line{'s' if n != 1 else ''} skipped"
+    first = f" (first: {report['unreadable_first']})" if report.get("unreadable_first") else ""
+    return f"{n} unreadable event-log line{'s' if n != 1 else ''} skipped{first}"
 
 
 def render_html(report: Mapping, title: str = "A/B experiment report") -> str:

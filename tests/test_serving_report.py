@@ -440,3 +440,35 @@ def test_costs_come_from_models_config_and_students_json(tmp_path, capsys):
     d = report["decision"]
     assert (d["outcome"], d["arm"], d["cost_key"]) == ("no_difference", "a", "madds_per_example")
     assert "keep the cheapest (a: " in d["text"] and "3,000 multiply-adds/example)" in d["text"]
+
+
+def test_unreadable_event_log_lines_are_counted_from_the_reader(tmp_path, capsys):
+    """serving.ab.read_events_with_errors skips lines that are not JSON objects (torn by a
+    kill, merged, bad UTF-8); the report counts them and names the first."""
+    exp = _experiment(tmp_path)
+    lines = [json.dumps(e) for e in _events({"c": (200, 20), "a": (200, 30)})]
+    path = tmp_path / "e.jsonl"
+    path.write_bytes(("\n".join(lines[:3]) + '\n{"type": "outc\n' + "\n".join(lines[3:])
+                      + '\n{"type": "expo').encode())
+    report = build_report(exp, str(path), None, None)
+    assert report["unreadable_lines"] == 2 and report["total_exposures"] == 400
+    assert report["unreadable_first"].startswith("line 4 ")
+    out = _terminal(report, capsys)
+    assert out[0].startswith("decision: ")
+    assert out[1].startswith("warning: 2 unreadable event-log lines skipped (first: line 4 ")
+    page = analysis.render_html(report)
+    assert "2 unreadable event-log lines skipped (first: line 4 " in page
+    assert _first_body_element(page).attrs.get("id") == "decision"
+    paths = analysis.write_report(report, str(tmp_path / "r"))
+    assert _no_nan(open(paths["json"]).read())["unreadable_lines"] == 2
+    # A clean log: 0, and no warning line.
+    clean = _write_events(tmp_path / "clean.jsonl", _events({"c": (200, 20), "a": (200, 30)}))
+    report = build_report(exp, clean, None, None)
+    assert report["unreadable_lines"] == 0 and "unreadable_first" not in report
+    assert not any("unreadable" in line for line in _terminal(report, capsys))
+    # Nothing readable at all: a one-line error that says so.
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"type": "exp\nnot json\n[1, 2]\n')
+    with pytest.raises(ValueError, match=r"no readable events \(3 unreadable lines skipped; "
+                                         r"first: line 1 "):
+        build_report(exp, str(bad), None, None)
