@@ -70,7 +70,7 @@ SPACE = {
     "mixnmatch_training": ["all", "all", "sampled"],
     "w_student": [0.5, 1.0],
     "w_ta": [1.0, 2.0, 3.0],
-    "w_teacher": [0.5, 1.0, 2.0, 3.0],
+    "w_teacher": [1.0, 2.0, 3.0, 6.0, 12.0],
     "w_ta_to_student": [0.0, 0.5, 1.0, 2.0],
     "w_mixnmatch": [0.5, 1.0],
     "temperature": [1.0, 2.0],
@@ -98,26 +98,29 @@ def log(msg):
 
 
 def load(spec: str, train_rows: int, eval_rows: int, teacher_steps: int):
-    """bench.data's source; the validation split is bench.data's if it makes one, else the
-    last `valid_fraction` of the (time-ordered) train split."""
-    if spec == "generated":
-        data = bench_data.generated(train_rows, eval_rows)
-    else:
-        import inspect
+    """`bench.data.load(spec)` (train / validation / eval, cross-fitted teacher), cached
+    under bench.data.CACHE_DIR/recipe so the teacher is fitted once per data set."""
+    import pickle
 
-        kwargs = dict(train_rows=train_rows, eval_rows=eval_rows, teacher_steps=teacher_steps)
-        params = inspect.signature(bench_data.load).parameters
-        data = bench_data.load(spec, **{k: v for k, v in kwargs.items() if k in params})
+    key = f"{bench_data.data_name(spec)}_{train_rows}_{eval_rows}_{teacher_steps}".replace(":", "_")
+    path = os.path.join(bench_data.CACHE_DIR, "recipe", key + ".pickle")
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    opts = bench_data.DataOptions(teacher_steps=teacher_steps)
+    data = bench_data.load(spec, train_rows, eval_rows, opts=opts, log=log)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "wb") as f:
+        pickle.dump(data, f)
+    os.replace(path + ".tmp", path)
     return data
 
 
-def split_valid(data, valid_fraction: float = 0.15):
-    """(fit table, valid table): bench.data's validation split if it has one."""
-    for attr in ("valid", "validation"):
-        if getattr(data, attr, None) is not None:
-            fit = getattr(data, "fit", None) or getattr(data, "train_fit", None)
-            if fit is not None:
-                return fit, getattr(data, attr)
+def split_valid(data, valid_fraction: float = 0.1):
+    """(fit table, validation table): bench.data's validation split (the end of the train
+    period), else the last `valid_fraction` of the time-ordered train split."""
+    if getattr(data, "validation", None) is not None:
+        return data.train, data.validation
     n = data.train.num_rows
     cut = int(n * (1 - valid_fraction))
     return data.train.slice(0, cut), data.train.slice(cut)
@@ -203,7 +206,7 @@ def stage_search(setup: Setup, optimizer: str, trials: int, out_path: str, seed:
 
     # 1. the KD baseline's own knobs, at the Student size (so the baseline is tuned too).
     kd_grid = result.setdefault("kd_grid", {})
-    for w in (0.5, 1.5, 3.0):
+    for w in (0.5, 1.5, 3.0, 6.0):
         for t in (1.0, 2.0):
             key = f"w{w}_T{t}"
             if key in kd_grid:
@@ -284,7 +287,7 @@ def stage_final(setup: Setup, optimizer: str, seeds: int, params: dict, kd: dict
     return result
 
 
-def stage_timing(setup: Setup, out_path: str, steps: int = 30) -> dict:
+def stage_timing(setup: Setup, out_path: str, steps: int = 50, rounds: int = 4) -> dict:
     import tensorflow as tf
 
     from matta_tf.datasets import table_to_dataset
@@ -300,7 +303,7 @@ def stage_timing(setup: Setup, out_path: str, steps: int = 30) -> dict:
         "all_own": {"mixnmatch_training": "all", "size_heads": "own"},
     }
     out = {"steps": steps, "batch_size": setup.settings.batch_size, "mix_sizes": setup.mix_sizes, "arms": {}}
-    for rnd in range(2):  # interleaved rounds; the machine is shared
+    for rnd in range(rounds):  # interleaved rounds; the machine is shared
         for name, params in arms.items():
             tf.keras.backend.clear_session()
             model = MatTARanker(recipe_config(setup.base, params, 0, setup.settings, setup.mix_sizes))
@@ -356,7 +359,7 @@ def markdown(data_dir: str, header: dict) -> str:
     if timing:
         base = timing["arms"]["student_only"]["ms_per_step"]
         lines += [f"Step time (Adam, batch {timing['batch_size']}, {timing['mix_sizes']} mix size(s), "
-                  f"best of 2 interleaved rounds of {timing['steps']} steps):", "",
+                  f"best of {len(next(iter(timing['arms'].values()))['rounds'])} interleaved rounds of {timing['steps']} steps):", "",
                   "| arm | ms/step | x Student+TA only |", "|---|---|---|"]
         for name, a in timing["arms"].items():
             lines.append(f"| {name} | {a['ms_per_step']:.1f} | {a['ms_per_step'] / base:.2f} |")
@@ -380,11 +383,22 @@ def markdown(data_dir: str, header: dict) -> str:
                 lines.append(f"| {name}{mark} | {r['score']:+.4f} | " + " | ".join(cells)
                              + f" | {json.dumps(r['params'])} |")
             lines.append("")
-        final = _read(os.path.join(data_dir, f"final_{opt}.json"))
+        import glob
+
+        for final_path in sorted(glob.glob(os.path.join(data_dir, f"final_{opt}*.json"))):
+            final = _read(final_path)
+            tag = os.path.basename(final_path)[len(f"final_{opt}"):-len(".json")].lstrip("_")
+            lines += _final_lines(final, opt, tag, header)
+    return "\n".join(lines)
+
+
+def _final_lines(final: dict, opt: str, tag: str, header: dict) -> list[str]:
+        lines = []
         if final:
             runs = final["runs"]
             seeds = sorted({r["seed"] for r in runs})
-            lines += [f"### Eval ({opt}; {len(seeds)} seeds; mean ± std; recipe {json.dumps(final['params'])}; "
+            lines += [f"### Eval{' (' + tag + ')' if tag else ''} ({opt}; {len(seeds)} seeds; mean ± std; "
+                      f"recipe {json.dumps(final['params'])}; "
                       f"KD twins: {final['kd']})", "",
                       "| size | labels-only AUC | KD AUC | MatTA AUC | labels-only LL | KD LL | MatTA LL |"
                       " MatTA - KD AUC (± s.e.) |",
@@ -410,7 +424,7 @@ def markdown(data_dir: str, header: dict) -> str:
                           f"({100 * (st['matta'] / st['alone'] - 1):+.1f}%) and KD-only {st['kd']:.4f} "
                           f"({100 * (st['matta'] / st['kd'] - 1):+.1f}%); target: <= -3% against both."]
             lines.append("")
-    return "\n".join(lines)
+        return lines
 
 
 def main(argv=None) -> int:
@@ -429,6 +443,7 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-rows", type=int, default=20_000, help="generated data only")
     parser.add_argument("--teacher-steps", type=int, default=800)
     parser.add_argument("--recipe", help="JSON params for the final stage (default: the search's best)")
+    parser.add_argument("--tag", default="", help="final stage: results go to final_<opt>_<tag>.json")
     args = parser.parse_args(argv)
 
     stages = {"timing", "search", "final"} if args.stage == "all" else set(args.stage.split(","))
@@ -443,8 +458,9 @@ def main(argv=None) -> int:
     header_path = os.path.join(data_dir, "header.json")
     header = _read(header_path) or {}
     command = "bin/matta-env python -m bench.recipe " + " ".join(sys.argv[1:] if argv is None else argv)
+    n_val = data.validation.num_rows if getattr(data, "validation", None) is not None else 0
     header.update({"data": data.name, "teacher": data.teacher, "sizes": list(setup.sizes),
-                   "rows": f"{data.train.num_rows} train / {data.eval.num_rows} eval rows",
+                   "rows": f"{data.train.num_rows} train / {n_val} validation / {data.eval.num_rows} eval rows",
                    "settings": f"{args.steps} steps, batch {args.batch_size}, lr {args.lr}"})
     commands = [c for c in header.get("command", "").split("; ") if c and c != command]
     header["command"] = "; ".join([*commands, command])
@@ -458,8 +474,12 @@ def main(argv=None) -> int:
         if "final" in stages:
             search = _read(os.path.join(data_dir, "search_adam.json")) or _read(search_path)
             params = json.loads(args.recipe) if args.recipe else search["recipes"][search["best"]]["params"]
-            stage_final(setup, opt, args.seeds, params, search["kd"], os.path.join(data_dir, f"final_{opt}.json"))
+            stage_final(setup, opt, args.seeds, params, search["kd"], os.path.join(data_dir, f"final_{opt}{'_' + args.tag if args.tag else ''}.json"))
     md = markdown(data_dir, header)
+    notes = os.path.join(data_dir, "notes.md")  # hand-written reading of the numbers, if any
+    if os.path.exists(notes):
+        with open(notes) as f:
+            md += "\n" + f.read()
     with open(os.path.join(data_dir, "summary.md"), "w") as f:
         f.write(md + "\n")
     with open(os.path.join(OUT, "summary.md"), "w") as f:
