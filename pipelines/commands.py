@@ -16,13 +16,14 @@ def _load_config(args):
 
 
 def _run(args) -> int:
-    from pipelines.demo import format_summary, summarize
+    from pipelines.lineage import data_summary, format_data_summary, format_summary, summarize
     from pipelines.pipeline import run_pipeline
 
     config = _load_config(args)
     run_pipeline(config, progress=True)
     print(f"pipeline {config.name} finished; MLMD at {config.metadata_path}")
-    # The students of this run, read back from MLMD (the same table `matta demo` prints).
+    # The data and the students of this run, read back from MLMD (as `matta demo` prints them).
+    print(format_data_summary(data_summary(config)))
     print(format_summary(summarize(config), config.serving_dir))
     return 0
 

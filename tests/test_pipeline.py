@@ -87,7 +87,7 @@ def test_students_load_score_and_serving_layout(runs):
     from tensorflow_serving.config import model_server_config_pb2
 
     from matta_tf.export import make_examples
-    from pipelines.demo import format_summary, summarize
+    from pipelines.lineage import format_summary, summarize
 
     cfg, *_ = runs
     summary = summarize(cfg)
@@ -142,7 +142,8 @@ def test_students_load_score_and_serving_layout(runs):
 def test_demo_ab_replay_serves_the_pipeline_students(runs, tmp_path):
     """The demo's last stage on the pipeline's own models.config: real `matta serve` over
     gRPC loopback, the A/B router, the durable event log and the report."""
-    from pipelines.demo import run_ab_replay, summarize
+    from pipelines.demo import run_ab_replay
+    from pipelines.lineage import summarize
     from serving.ab import read_events
 
     cfg, *_ = runs
@@ -172,7 +173,7 @@ def test_cli_pipeline_run_prints_the_student_table(runs, tmp_path, capsys):
     import yaml
 
     from matta_tf.cli import main
-    from pipelines.demo import format_summary, summarize
+    from pipelines.lineage import format_summary, summarize
 
     cfg, *_ = runs
     path = tmp_path / "pipeline.yaml"
@@ -399,3 +400,27 @@ def test_compile_airflow_dag_file(tmp_path):
     assert got["schedule"] == "@daily"
     expected = sorted(c.id for c in create_pipeline(cfg).components)
     assert got["tasks"] == expected
+
+
+def test_data_summary_and_html_views_come_from_the_newest_run(runs, tmp_path):
+    """ExampleGen accounting, anomalies and the TensorBoard dir read back from MLMD, and the
+    HTML views (TFDV's own statistics visualisation, anomalies, TFMA per arm) written."""
+    from pipelines.lineage import data_summary, format_data_summary, write_reports
+
+    cfg, *_ = runs
+    data = data_summary(cfg)
+    counts = data["examplegen"]
+    assert counts["rows_in"] == 2000  # the newest run read span 2
+    assert counts["rows_in"] == counts["rows_written"] + counts["rows_quarantined"]
+    assert set(data["anomalies"]) == {"train", "eval"}
+    assert os.path.isdir(data["tensorboard_logdir"])
+    text = format_data_summary(data)
+    assert text.splitlines()[0].startswith("data: 2,000 rows read, ")
+    assert f"tensorboard --logdir {data['tensorboard_logdir']}" in text
+    paths = write_reports(cfg, str(tmp_path / "reports"), data=data)
+    assert set(paths) == {"statistics", "anomalies", "evaluation"}
+    stats_page = open(paths["statistics"]).read()
+    assert "facets-iframe" in stats_page  # TFDV's own (Facets) view, train vs eval
+    assert "<h2>train: " in stats_page and "<h2>eval: " in stats_page and "<td>C1</td>" in stats_page
+    evaluation = open(paths["evaluation"]).read()
+    assert all(f"<td>{arm}</td>" in evaluation for arm in cfg.arms) and "auc" in evaluation
