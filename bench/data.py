@@ -57,6 +57,7 @@ class DataOptions:
     validation_fraction: float = VALIDATION_FRACTION
     teacher_batch_size: int = 512
     teacher_spec: dict | None = None  # None: components.teacher.DEFAULT_TEACHER_SPEC
+    fit_teacher: bool = True  # False: no teacher logits at all (labels-only diagnostics)
 
 
 def carve_validation(table: pa.Table, fraction: float, time_column: str | None = None):
@@ -115,6 +116,9 @@ def _with_teacher(name, train, validation, ev, numeric, categorical, opts, log):
         return t.drop_columns(["teacher_logit"]) if t is not None and "teacher_logit" in t.column_names else t
 
     train, validation, ev = strip(train), strip(validation), strip(ev)
+    if not opts.fit_teacher:
+        return BenchData(name=name, train=train, eval=ev, validation=validation,
+                         features=fit_features(train, numeric, categorical, opts, log), teacher="none")
     fit = pa.concat_tables([train, validation]) if validation is not None else train
     fit_logits, eval_logits, metrics = cross_fitted_teacher(fit, ev, numeric, categorical, opts, log)
     n = train.num_rows

@@ -29,7 +29,9 @@ from matta_tf.config import FeatureSpec, SubmodelSpec
 class TFRSStudent(tf.keras.Model):
     """raw features dict -> logit [B] (features as `matta_tf.datasets.table_to_dataset` yields them)."""
 
-    def __init__(self, features: FeatureSpec, spec: SubmodelSpec, **kwargs):
+    def __init__(self, features: FeatureSpec, spec: SubmodelSpec, head_fan_in: int | None = None, **kwargs):
+        """`head_fan_in` (diagnostics): initialise the logit layer as Glorot-uniform for that
+        many inputs instead of its real width (matta's nested head has max(x0 width, widths) rows)."""
         super().__init__(**kwargs)
         self.feature_spec = features
         self.numeric_names = [f.name for f in features.numeric]
@@ -52,7 +54,11 @@ class TFRSStudent(tf.keras.Model):
         self.crosses = [tfrs.layers.dcn.Cross(projection_dim=spec.cross_ranks[i] if spec.low_rank else None)
                         for i in range(spec.cross_layers)]
         self.mlp = [tf.keras.layers.Dense(w, activation="relu") for w in spec.mlp_widths]
-        self.logit = tf.keras.layers.Dense(1)
+        head_init = "glorot_uniform"
+        if head_fan_in is not None:
+            limit = (6.0 / (head_fan_in + 1)) ** 0.5
+            head_init = tf.keras.initializers.RandomUniform(-limit, limit)
+        self.logit = tf.keras.layers.Dense(1, kernel_initializer=head_init)
 
     def call(self, features, training=None):
         parts = []
@@ -75,12 +81,12 @@ class TFRSStudent(tf.keras.Model):
 
 
 def train_and_eval(features: FeatureSpec, spec: SubmodelSpec, train_ds, eval_batches, labels,
-                   steps: int, learning_rate: float, seed: int):
+                   steps: int, learning_rate: float, seed: int, **model_kwargs):
     """(metrics of the trained reference on the eval batches, params, train seconds)."""
     from bench.quality import binary_metrics
 
     tf.keras.utils.set_random_seed(seed)
-    model = TFRSStudent(features, spec)
+    model = TFRSStudent(features, spec, **model_kwargs)
     model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate),
                   loss=tf.keras.losses.BinaryCrossentropy(from_logits=True))
     ds = train_ds.map(lambda f, y: ({k: v for k, v in f.items() if k not in ("teacher_logit", "has_teacher")}, y))

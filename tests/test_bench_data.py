@@ -89,3 +89,25 @@ def test_criteo_dir_uses_dev_as_validation(tmp_path):
     assert (data.train.num_rows, data.validation.num_rows, data.eval.num_rows) == (120, 30, 40)
     assert data.teacher_metrics["rows"] == 150  # fitted on train + validation, never on eval
     assert data.validation.column("impression_id").to_pylist()[0] == "dev.csv:1"
+
+
+def test_tfrs_reference_has_the_students_architecture():
+    """Same parameter count as matta's standalone Student (vocabulary and hashed features),
+    finite logits for unseen and missing values."""
+    import tensorflow as tf
+
+    from bench.tfrs_reference import TFRSStudent
+    from matta_tf.config import CategoricalFeature, FeatureSpec, NumericFeature, SubmodelSpec
+    from matta_tf.model import StandaloneRanker
+
+    features = FeatureSpec(numeric=(NumericFeature("x", mean=1.0, std=2.0, log1p=True),),
+                           categorical=(CategoricalFeature("c", vocabulary=("a", "b", "c")),
+                                        CategoricalFeature("h", hash_buckets=11)))
+    spec = SubmodelSpec(embedding_dim=4, cross_layers=2, cross_ranks=(3, 3), mlp_widths=(8, 5))
+    batch = {"x": tf.constant([1.0, np.nan, -2.0]), "c": tf.constant(["a", "unseen", ""]),
+             "h": tf.constant(["p", "q", ""])}
+    ref, matta = TFRSStudent(features, spec), StandaloneRanker(features, spec)
+    out = ref(batch)
+    matta(batch)
+    assert out.shape == (3,) and np.isfinite(out.numpy()).all()
+    assert ref.count_params() == matta.count_params()
