@@ -237,21 +237,12 @@ class Shampoo(tf.keras.optimizers.Optimizer):
         with tf.init_scope():
             self._root_failures = self.add_variable(
                 shape=[], dtype=tf.int64, initializer="zeros", name="root_failures")
-            self._skipped_nonfinite = self.add_variable(
-                shape=[], dtype=tf.int64, initializer="zeros", name="skipped_nonfinite")
-            self._nonfinite_streaks = self.add_variable(
-                shape=[len(var_list)], dtype=tf.int64, initializer="zeros",
-                name="nonfinite_streaks")
         for i, var in enumerate(var_list):
             layout = sm.make_layout(var.shape, cfg.block_size, cfg.max_preconditioner_dim,
                                     cfg.exponent_override)
             if any(re.search(p, var.name) for p in cfg.diagonal_only):
                 layout = sm.diagonal_layout(var.shape)
             self._layouts.append(layout)
-            with tf.init_scope():  # this step's gradient was non-finite (any row)
-                self._slots[f"{i}_nonfinite"] = self.add_variable(
-                    shape=[], dtype=tf.bool, initializer="zeros",
-                    name=f"nonfinite/{var._shared_name}")
             if cfg.beta1 > 0.0:
                 self._slots[f"{i}_momentum"] = self.add_variable_from_reference(
                     var, "shampoo_momentum")
@@ -268,6 +259,18 @@ class Shampoo(tf.keras.optimizers.Optimizer):
                     self._slots[f"{i}_{side}_root"] = self.add_variable_from_reference(
                         var, f"shampoo_{side}_root", initial_value=tf.eye(
                             shape[1], batch_shape=[shape[0]], dtype=var.dtype))
+        # Non-finite bookkeeping, created last: checkpoints track `_variables` by position,
+        # so checkpoints written before these existed still restore (they start at 0).
+        with tf.init_scope():
+            self._skipped_nonfinite = self.add_variable(
+                shape=[], dtype=tf.int64, initializer="zeros", name="skipped_nonfinite")
+            self._nonfinite_streaks = self.add_variable(
+                shape=[len(var_list)], dtype=tf.int64, initializer="zeros",
+                name="nonfinite_streaks")
+            for i, var in enumerate(var_list):  # this step's gradient was non-finite
+                self._slots[f"{i}_nonfinite"] = self.add_variable(
+                    shape=[], dtype=tf.bool, initializer="zeros",
+                    name=f"nonfinite/{var._shared_name}")
 
     @property
     def root_failures(self) -> tf.Variable:
