@@ -451,3 +451,22 @@ def test_bookkeeping_variables_come_last_so_older_checkpoints_restore():
     assert all("/nonfinite/" in "/" + name for name in new[2:])
     assert "iteration" in names[0] and "root_failures" in names[1]
     assert not any("nonfinite" in name for name in names[:-(n + 2)])
+
+
+def test_streaks_with_a_subset_of_variables_per_step():
+    """Steps that update only some variables leave the others' streaks alone."""
+    a, b = tf.Variable(tf.ones((4, 3)), name="a"), tf.Variable(tf.ones((5,)), name="b")
+    opt = Shampoo(1e-2, max_consecutive_nonfinite=1)
+    opt.build([a, b])
+    nan_a, nan_b = tf.fill((4, 3), np.nan), tf.fill((5,), np.nan)
+    opt.apply_gradients([(nan_b, b)])
+    opt.apply_gradients([(tf.ones((4, 3)), a)])  # b not in this step: its streak stays 1
+    assert [int(opt.nonfinite_streak(v).numpy()) for v in (a, b)] == [0, 1]
+    opt.apply_gradients([(nan_a, a)])
+    assert [int(opt.nonfinite_streak(v).numpy()) for v in (a, b)] == [1, 1]
+    assert int(opt.skipped_nonfinite.numpy()) == 2
+    opt.apply_gradients([(tf.ones((4, 3)), a), (tf.ones((5,)), b)])
+    assert [int(opt.nonfinite_streak(v).numpy()) for v in (a, b)] == [0, 0]
+    opt.apply_gradients([(nan_b, b)])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="`b:0` was non-finite in 2"):
+        opt.apply_gradients([(nan_b, b)])
