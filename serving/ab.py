@@ -435,9 +435,6 @@ def read_events_with_errors(path: str) -> tuple[list[dict], list[UnreadableLine]
                     else:
                         errors.append(UnreadableLine(number, offset, len(line), why))
             offset += len(raw)
-    if errors:
-        logger.warning("%s: skipped %d unreadable line(s); first: %s", path, len(errors),
-                       errors[0])
     return events, errors
 
 
@@ -448,6 +445,8 @@ def read_events(path: str, errors: list | None = None) -> list[dict]:
     events, found = read_events_with_errors(path)
     if errors is not None:
         errors.extend(found)
+    elif found:  # the caller will not report them, so say it here
+        logger.warning("%s: skipped %d unreadable line(s); first: %s", path, len(found), found[0])
     return events
 
 
