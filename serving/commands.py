@@ -92,6 +92,11 @@ def register(subparsers) -> None:
 def _serve(args) -> int:
     import logging
 
+    from serving.ports import check_port_free
+
+    # Before importing TensorFlow and loading the models (tens of seconds): a busy port fails at once.
+    check_port_free(args.host, args.grpc_port, "--grpc-port")
+    check_port_free(args.host, args.rest_port, "--rest-port")
     from serving.server import ModelServer, ServerOptions
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

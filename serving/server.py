@@ -288,7 +288,10 @@ class ModelServer:
             PredictionServicer(self), self._grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelStatusServicer(self), self._grpc)
-        self.grpc_port = self._grpc.add_insecure_port(f"{opts.host}:{opts.grpc_port}")
+        try:
+            self.grpc_port = self._grpc.add_insecure_port(f"{opts.host}:{opts.grpc_port}")
+        except RuntimeError as err:  # grpc reports a failed bind as RuntimeError
+            raise OSError(f"cannot bind gRPC to {opts.host}:{opts.grpc_port}: {err}") from None
         if self.grpc_port == 0:
             raise OSError(f"cannot bind gRPC to {opts.host}:{opts.grpc_port}")
         self._grpc.start()

@@ -119,3 +119,21 @@ def test_demo_runs_again_in_an_existing_root_and_fresh_starts_over(tmp_path, mon
     (root / "keep.txt").write_text("user file")
     assert main(["demo", "--root", str(root), "--fresh"]) == 0
     assert calls[-1] == ["keep.txt"]  # only the demo's own outputs are removed
+
+
+def test_serve_on_a_busy_port_fails_at_once_in_one_line(tmp_path):
+    """Before loading any model: the models.config does not even need to exist."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        for flag in ("--grpc-port", "--rest-port"):
+            other = "--rest-port" if flag == "--grpc-port" else "--grpc-port"
+            result = _matta("serve", "--model-config", str(tmp_path / "models.config"), flag, str(port),
+                            other, "0")
+            assert result.returncode == 2, result.stderr
+            assert result.stderr.strip().splitlines() == [
+                f"matta serve: error: {flag} {port}: cannot listen on 127.0.0.1:{port} "
+                "(Address already in use); is another server running?"]
