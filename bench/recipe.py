@@ -168,15 +168,28 @@ class Runner:
         self.batches = batches
         self.labels = np.concatenate([y.numpy() for _, y in batches])
 
-    def train(self, config: RankerConfig, optimizer: str):
+    def train(self, config: RankerConfig, optimizer: str, settings: quality.TrainSettings | None = None):
         import tensorflow as tf
 
         from matta_tf.datasets import table_to_dataset
 
         tf.keras.backend.clear_session()
+        settings = settings or self.setup.settings
         ds = table_to_dataset(self.train_table, self.setup.data.features,
-                              batch_size=self.setup.settings.batch_size, shuffle_seed=config.seed, repeat=True)
-        return quality.train(config, ds, optimizer, self.setup.settings)
+                              batch_size=settings.batch_size, shuffle_seed=config.seed, repeat=True)
+        return quality.train(config, ds, optimizer, settings)
+
+    def dataset(self, seed: int):
+        """A repeating shuffled dataset of the training table (for fine-tunes)."""
+        from matta_tf.datasets import table_to_dataset
+
+        return table_to_dataset(self.train_table, self.setup.data.features,
+                                batch_size=self.setup.settings.batch_size, shuffle_seed=seed, repeat=True)
+
+    def measure_model(self, small) -> dict:
+        """Metrics of a standalone model (features -> logits) on the measure table."""
+        logits = np.concatenate([small(features).numpy() for features, _ in self.batches])
+        return quality.binary_metrics(logits, self.labels)
 
     def measure(self, model, specs: dict) -> dict:
         return {name: quality.eval_spec(model, spec, self.batches, self.labels) for name, spec in specs.items()}
@@ -258,16 +271,25 @@ def stage_search(setup: Setup, optimizer: str, trials: int, out_path: str, seed:
     return result
 
 
-def stage_final(setup: Setup, optimizer: str, seeds: int, params: dict, kd: dict, out_path: str) -> dict:
+def with_lr(settings: quality.TrainSettings, lr: float | None, steps: int | None = None) -> quality.TrainSettings:
+    settings = settings if lr is None else dataclasses.replace(settings, adam_lr=lr, shampoo_lr=lr)
+    return settings if steps is None else dataclasses.replace(settings, steps=steps)
+
+
+def stage_final(setup: Setup, optimizer: str, seeds: int, params: dict, kd: dict, out_path: str,
+                lrs: dict | None = None) -> dict:
+    """`lrs`: {"matta": lr, "kd/<size>": lr} tuned on validation (stage lr); labels-only
+    twins use their size's KD lr. None: every arm at --lr."""
     runner = Runner(setup, setup.data.train, setup.data.eval)
     result = _read(out_path) or {}
     runs = result.setdefault("runs", [])
     done = {(r["optimizer"], r["seed"], r["method"], r["size"]) for r in runs}
-    result.update({"params": params, "kd": kd})
+    result.update({"params": params, "kd": kd, "lrs": lrs})
+    lr = (lambda key: None) if lrs is None else (lambda key: lrs[key])  # noqa: E731
     for seed in range(seeds):
         if any((optimizer, seed, "matta", s) not in done for s in setup.sizes):
             config = recipe_config(setup.base, params, seed, setup.settings, setup.mix_sizes)
-            model, secs = runner.train(config, optimizer)
+            model, secs = runner.train(config, optimizer, with_lr(setup.settings, lr("matta")))
             for size, m in runner.measure(model, setup.sizes).items():
                 runs.append({"optimizer": optimizer, "seed": seed, "method": "matta", "size": size,
                              "seconds": secs, **m})
@@ -278,7 +300,8 @@ def stage_final(setup: Setup, optimizer: str, seeds: int, params: dict, kd: dict
             for size, spec in setup.sizes.items():
                 if (optimizer, seed, kind, size) in done:
                     continue
-                model, secs = runner.train(twin_config(setup.base, spec, kind, seed, kd), optimizer)
+                model, secs = runner.train(twin_config(setup.base, spec, kind, seed, kd), optimizer,
+                                           with_lr(setup.settings, lr(f"kd/{size}")))
                 m = runner.measure(model, {size: spec})[size]
                 runs.append({"optimizer": optimizer, "seed": seed, "method": kind, "size": size,
                              "seconds": secs, **m})
@@ -323,6 +346,212 @@ def stage_timing(setup: Setup, out_path: str, steps: int = 50, rounds: int = 4) 
         out["arms"][name] = {"ms_per_step": min(values), "rounds": values}
     _write(out_path, out)
     return out
+
+
+
+# --------------------------------------------------------------------------- second attempt
+
+LR_GRID = (5e-4, 1e-3, 2e-3, 4e-3, 8e-3)
+FT_STEPS = (15, 30, 45)  # 10 / 20 / 30% of the 150 training steps
+FT_LRS = (2.5e-4, 5e-4, 1e-3)
+
+
+def _pick_twin(rows: dict) -> str:
+    """Key of the best run: val AUC minus any log-loss excess over the best log-loss."""
+    best_ll = min(r["logloss"] for r in rows.values())
+    return max(rows, key=lambda k: rows[k]["auc"] - max(0.0, rows[k]["logloss"] - best_ll))
+
+
+def stage_lr(setup: Setup, optimizer: str, params: dict, kd: dict, out_path: str, lrs=LR_GRID,
+             seed: int = 0) -> dict:
+    """Learning rate of every arm on VALIDATION (seed 0): each KD twin size and the MatTA
+    recipe get the same grid; twins pick their own best (`_pick_twin`), MatTA the lr whose
+    `score` against those tuned twins is best."""
+    fit, valid = split_valid(setup.data)
+    runner = Runner(setup, fit, valid)
+    result = _read(out_path) or {}
+    result.update({"optimizer": optimizer, "params": params, "kd": kd, "grid": list(lrs), "seed": seed,
+                   "steps": setup.settings.steps})
+    runs = result.setdefault("runs", {})
+    for lr in lrs:
+        for size, spec in setup.sizes.items():
+            key = f"kd/{size}/{lr:g}"
+            if key not in runs:
+                model, secs = runner.train(twin_config(setup.base, spec, "kd", seed, kd), optimizer,
+                                           with_lr(setup.settings, lr))
+                runs[key] = {**runner.measure(model, {size: spec})[size], "seconds": secs}
+                log(f"lr {optimizer} {key}: val {runs[key]['auc']:.4f}/{runs[key]['logloss']:.4f} ({secs:.0f}s)")
+                _write(out_path, result)
+        key = f"matta/{lr:g}"
+        if key not in runs:
+            config = recipe_config(setup.base, params, seed, setup.settings, setup.mix_sizes)
+            model, secs = runner.train(config, optimizer, with_lr(setup.settings, lr))
+            runs[key] = {"metrics": runner.measure(model, setup.sizes), "seconds": secs}
+            log(f"lr {optimizer} {key}: " + " ".join(f"{s} {m['auc']:.4f}/{m['logloss']:.4f}"
+                                                     for s, m in runs[key]["metrics"].items()) + f" ({secs:.0f}s)")
+            _write(out_path, result)
+    best, twins = {}, {}
+    for size in setup.sizes:
+        rows = {lr: runs[f"kd/{size}/{lr:g}"] for lr in lrs}
+        best[f"kd/{size}"] = _pick_twin(rows)
+        twins[size] = rows[best[f"kd/{size}"]]
+    for lr in lrs:
+        runs[f"matta/{lr:g}"].update(score(runs[f"matta/{lr:g}"]["metrics"], twins))
+    best["matta"] = max(lrs, key=lambda lr: runs[f"matta/{lr:g}"]["score"])
+    result["best"] = best
+    _write(out_path, result)
+    log(f"lr {optimizer}: best {best}")
+    return result
+
+
+def _finetune_size(runner, model, spec, seed: int, steps_list, ft_lr: float, kd: dict, measure=True):
+    """Extract `spec`, fine-tune it with the KD twin's loss (BCE + 2 w KD, Adam at `ft_lr`)
+    and measure it after each number of steps in `steps_list` (cumulative)."""
+    import tensorflow as tf
+
+    from matta_tf.extract import extract
+    from matta_tf.finetune import FinetuneWeights, finetune
+
+    small = extract(model, spec)
+    weights = FinetuneWeights(bce=1.0, teacher=2 * kd["w_teacher"], temperature=kd["temperature"])
+    optimizer = tf.keras.optimizers.Adam(ft_lr)
+    it = iter(runner.dataset(seed + 1000))  # a different order than the training run's
+    out, done, secs = {}, 0, 0.0
+    for steps in sorted(steps_list):
+        history = finetune(small, it, steps - done, optimizer, weights)
+        done, secs = steps, secs + history["seconds"]
+        out[steps] = {**(runner.measure_model(small) if measure else {}), "seconds": secs}
+    return small, out
+
+
+def stage_finetune_search(setup: Setup, optimizer: str, params: dict, kd: dict, lrs: dict, out_path: str,
+                          seed: int = 0) -> dict:
+    """VALIDATION: MatTA (seed 0) then each extracted size fine-tuned for FT_STEPS steps at
+    FT_LRS; KD twins trained from scratch for steps + F (the fair budget). Picks (F, lr)
+    by `score` of the fine-tuned sizes against the fair-budget twins."""
+    fit, valid = split_valid(setup.data)
+    runner = Runner(setup, fit, valid)
+    result = _read(out_path) or {}
+    result.update({"optimizer": optimizer, "params": params, "kd": kd, "lrs": lrs, "ft_steps": list(FT_STEPS),
+                   "ft_lrs": list(FT_LRS), "steps": setup.settings.steps})
+    ft = result.setdefault("finetune", {})
+    if "matta" not in result or any(f"{lr:g}" not in ft for lr in FT_LRS):
+        config = recipe_config(setup.base, params, seed, setup.settings, setup.mix_sizes)
+        model, secs = runner.train(config, optimizer, with_lr(setup.settings, lrs["matta"]))
+        result["matta"] = {"metrics": runner.measure(model, setup.sizes), "seconds": secs}
+        for ft_lr in FT_LRS:
+            ft[f"{ft_lr:g}"] = {size: {str(k): v for k, v in _finetune_size(
+                runner, model, spec, seed, FT_STEPS, ft_lr, kd)[1].items()} for size, spec in setup.sizes.items()}
+            log(f"finetune val lr {ft_lr:g}: " + " ".join(
+                f"{size}@{k} {v['auc']:.4f}/{v['logloss']:.4f}" for size, r in ft[f"{ft_lr:g}"].items()
+                for k, v in r.items()))
+            _write(out_path, result)
+    fair = result.setdefault("kd_fair", {})
+    for extra in (0, *FT_STEPS):
+        for size, spec in setup.sizes.items():
+            key = f"{size}/{extra}"
+            if key in fair:
+                continue
+            steps = setup.settings.steps + extra
+            model, secs = runner.train(twin_config(setup.base, spec, "kd", seed, kd), optimizer,
+                                       with_lr(setup.settings, lrs[f"kd/{size}"], steps))
+            fair[key] = {**runner.measure(model, {size: spec})[size], "seconds": secs, "steps": steps}
+            log(f"finetune val kd twin {key} ({steps} steps): {fair[key]['auc']:.4f}/{fair[key]['logloss']:.4f}")
+            _write(out_path, result)
+    scores = {}
+    for ft_lr in FT_LRS:
+        for extra in FT_STEPS:
+            m = {size: ft[f"{ft_lr:g}"][size][str(extra)] for size in setup.sizes}
+            twins = {size: fair[f"{size}/{extra}"] for size in setup.sizes}
+            scores[f"{ft_lr:g}/{extra}"] = score(m, twins)
+    scores["none/0"] = score(result["matta"]["metrics"], {size: fair[f"{size}/0"] for size in setup.sizes})
+    result["scores"] = scores
+    best = max((k for k in scores if k != "none/0"), key=lambda k: scores[k]["score"])
+    result["best"] = {"ft_lr": float(best.split("/")[0]), "ft_steps": int(best.split("/")[1])}
+    _write(out_path, result)
+    log(f"finetune val: best {result['best']} score {scores[best]['score']:+.4f}")
+    return result
+
+
+def stage_finetune_final(setup: Setup, optimizer: str, seeds: int, params: dict, kd: dict, lrs: dict,
+                         ft: dict, out_path: str) -> dict:
+    """EVAL, `seeds` seeds: MatTA extracted, MatTA + fine-tune (ft_steps at ft_lr, chosen on
+    validation), KD twin from scratch at steps and at steps + ft_steps (fair budget)."""
+    runner = Runner(setup, setup.data.train, setup.data.eval)
+    result = _read(out_path) or {}
+    result.update({"optimizer": optimizer, "params": params, "kd": kd, "lrs": lrs, "ft": ft,
+                   "steps": setup.settings.steps})
+    runs = result.setdefault("runs", [])
+    done = {(r["seed"], r["method"], r["size"]) for r in runs}
+    extra = ft["ft_steps"]
+    for seed in range(seeds):
+        if any((seed, "matta_ft", s) not in done for s in setup.sizes):
+            config = recipe_config(setup.base, params, seed, setup.settings, setup.mix_sizes)
+            model, secs = runner.train(config, optimizer, with_lr(setup.settings, lrs["matta"]))
+            for size, m in runner.measure(model, setup.sizes).items():
+                runs.append({"seed": seed, "method": "matta", "size": size, "seconds": secs,
+                             "steps": setup.settings.steps, **m})
+            for size, spec in setup.sizes.items():
+                _, out = _finetune_size(runner, model, spec, seed, [extra], ft["ft_lr"], kd)
+                runs.append({"seed": seed, "method": "matta_ft", "size": size, "train_seconds": secs,
+                             "steps": setup.settings.steps, "ft_steps": extra, **out[extra]})
+            _write(out_path, result)
+            log(f"finetune final seed {seed}: " + " ".join(
+                f"{r['method']}/{r['size']} {r['auc']:.4f}/{r['logloss']:.4f}" for r in runs[-2 * len(setup.sizes):]))
+        for method, steps in (("kd", setup.settings.steps), ("kd_fair", setup.settings.steps + extra)):
+            for size, spec in setup.sizes.items():
+                if (seed, method, size) in done:
+                    continue
+                model, secs = runner.train(twin_config(setup.base, spec, "kd", seed, kd), optimizer,
+                                           with_lr(setup.settings, lrs[f"kd/{size}"], steps))
+                runs.append({"seed": seed, "method": method, "size": size, "seconds": secs, "steps": steps,
+                             **runner.measure(model, {size: spec})[size]})
+                _write(out_path, result)
+                log(f"finetune final seed {seed} {method} {size}: {runs[-1]['auc']:.4f}/{runs[-1]['logloss']:.4f}")
+    return result
+
+
+def ta_shapes(student):
+    """Open question 2: TAs at about the default TA's parameter budget (~136k on MovieLens)
+    grown along one axis each; the Student (emb 8, 2 cross rank 16, MLP 128-64) is nested
+    in all of them."""
+    from matta_tf.config import SubmodelSpec
+
+    return {
+        "default_mixed": SubmodelSpec(16, 3, (32, 32, 32), (256, 128, 64)),  # 2x emb, 2x width, +1 layer
+        "wider": SubmodelSpec(8, 2, (64, 64), (384, 192)),
+        "deeper": SubmodelSpec(8, 4, (16,) * 4, (128,) * 6 + (112, 64)),
+        "larger_embedding": SubmodelSpec(32, 2, (16, 16), (128, 64)),
+    }
+
+
+def stage_ta_shape(setup: Setup, optimizer: str, seeds: int, params: dict, lr: float | None, out_path: str) -> dict:
+    """EVAL, `seeds` seeds: the MatTA recipe with each TA of `ta_shapes`; Student eval metrics
+    (and the TA's and mix_1's) per TA shape."""
+    from matta_tf.extract import cost
+
+    runner = Runner(setup, setup.data.train, setup.data.eval)
+    result = _read(out_path) or {}
+    result.update({"optimizer": optimizer, "params": params, "lr": lr, "steps": setup.settings.steps})
+    shapes = result.setdefault("shapes", {})
+    runs = result.setdefault("runs", [])
+    done = {(r["seed"], r["shape"]) for r in runs}
+    for name, ta in ta_shapes(setup.base.student).items():
+        base = dataclasses.replace(setup.base, ta=ta, ta_expansion=None)
+        shape_setup = Setup(data=setup.data, base=base, settings=setup.settings, mix_sizes=setup.mix_sizes)
+        shapes[name] = {"ta": ta.to_dict(), "ta_cost": cost(base, ta),
+                        "student_cost": cost(base, base.student)}
+        for seed in range(seeds):
+            if (seed, name) in done:
+                continue
+            config = recipe_config(base, params, seed, setup.settings, setup.mix_sizes)
+            model, secs = runner.train(config, optimizer, with_lr(setup.settings, lr))
+            m = runner.measure(model, shape_setup.sizes)
+            runs.append({"seed": seed, "shape": name, "seconds": secs, "metrics": m})
+            _write(out_path, result)
+            log(f"ta_shape {name} seed {seed}: " + " ".join(f"{s} {v['auc']:.4f}/{v['logloss']:.4f}"
+                                                            for s, v in m.items()))
+    return result
 
 
 # --------------------------------------------------------------------------- report
@@ -389,7 +618,139 @@ def markdown(data_dir: str, header: dict) -> str:
             final = _read(final_path)
             tag = os.path.basename(final_path)[len(f"final_{opt}"):-len(".json")].lstrip("_")
             lines += _final_lines(final, opt, tag, header)
+    for opt in ("adam", "shampoo"):
+        lines += _lr_lines(_read(os.path.join(data_dir, f"lr_{opt}.json")), header)
+    for opt in ("adam", "shampoo"):
+        lines += _ft_search_lines(_read(os.path.join(data_dir, f"finetune_search_{opt}.json")), header)
+        lines += _ft_final_lines(_read(os.path.join(data_dir, f"finetune_{opt}.json")), header)
+    for opt in ("adam", "shampoo"):
+        lines += _ta_shape_lines(_read(os.path.join(data_dir, f"tashape_{opt}.json")))
     return "\n".join(lines)
+
+
+def _cell(values, digits=4):
+    m, s, n = _ms(values)
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if n else "-"
+
+
+def _lr_lines(res, header) -> list[str]:
+    if not res or "best" not in res:
+        return []
+    sizes = header["sizes"]
+    lines = [f"### Learning rate ({res['optimizer']}; validation, seed {res['seed']}, {res['steps']} steps; "
+             f"recipe {json.dumps(res['params'])}; KD twins {res['kd']})", "",
+             "Val AUC / log-loss; **bold** = chosen (twins: best AUC minus log-loss excess; MatTA: best score "
+             "against the tuned twins).", "",
+             "| lr | " + " | ".join(f"KD {s}" for s in sizes) + " | " + " | ".join(f"MatTA {s}" for s in sizes)
+             + " | MatTA score |", "|---|" + "---|" * (2 * len(sizes) + 1)]
+    for lr in res["grid"]:
+        cells = []
+        for s in sizes:
+            r = res["runs"][f"kd/{s}/{lr:g}"]
+            c = f"{r['auc']:.4f}/{r['logloss']:.4f}"
+            cells.append(f"**{c}**" if float(res["best"][f"kd/{s}"]) == lr else c)
+        m = res["runs"][f"matta/{lr:g}"]
+        bold = res["best"]["matta"] == lr
+        for s in sizes:
+            c = f"{m['metrics'][s]['auc']:.4f}/{m['metrics'][s]['logloss']:.4f}"
+            cells.append(f"**{c}**" if bold else c)
+        lines.append(f"| {lr:g} | " + " | ".join(cells) + f" | {m.get('score', float('nan')):+.4f} |")
+    return lines + [""]
+
+
+def _ft_search_lines(res, header) -> list[str]:
+    if not res or "best" not in res:
+        return []
+    sizes = header["sizes"]
+    lines = [f"### Per-size fine-tune after extraction: search ({res['optimizer']}; validation, seed 0; "
+             f"MatTA {res['steps']} steps at lr {res['lrs']['matta']:g}, then each extracted size fine-tuned "
+             f"alone with BCE + {2 * res['kd']['w_teacher']:g} KD (its KD twin's loss), Adam, a new "
+             "data order)", "",
+             "Val AUC / log-loss after F fine-tune steps, and the KD twin trained from scratch for "
+             f"{res['steps']} + F steps (fair budget). Score as in the search (min over sizes of the margin "
+             "vs the fair-budget twin).", "",
+             "| fine-tune lr / F | " + " | ".join(sizes) + " | score |", "|---|" + "---|" * (len(sizes) + 1)]
+    m0 = res["matta"]["metrics"]
+    lines.append("| none / 0 (extracted) | " + " | ".join(f"{m0[s]['auc']:.4f}/{m0[s]['logloss']:.4f}"
+                                                        for s in sizes) + f" | {res['scores']['none/0']['score']:+.4f} |")
+    for key, sc in sorted(res["scores"].items(), key=lambda kv: -kv[1]["score"]):
+        if key == "none/0":
+            continue
+        lr, f = key.split("/")
+        r = res["finetune"][lr]
+        mark = " **(chosen)**" if float(lr) == res["best"]["ft_lr"] and int(f) == res["best"]["ft_steps"] else ""
+        lines.append(f"| {lr} / {f}{mark} | " + " | ".join(f"{r[s][f]['auc']:.4f}/{r[s][f]['logloss']:.4f}"
+                                                        for s in sizes) + f" | {sc['score']:+.4f} |")
+    lines += ["", "KD twins from scratch (val AUC / log-loss): " + ", ".join(
+        f"{k} {v['auc']:.4f}/{v['logloss']:.4f}" for k, v in res["kd_fair"].items()) + " (size/extra steps)", ""]
+    return lines
+
+
+def _ft_final_lines(res, header) -> list[str]:
+    if not res or not res.get("runs"):
+        return []
+    runs, sizes, ft = res["runs"], header["sizes"], res["ft"]
+    seeds = sorted({r["seed"] for r in runs})
+    f = ft["ft_steps"]
+    lines = [f"### Per-size fine-tune after extraction: eval ({res['optimizer']}; {len(seeds)} seeds; mean ± std; "
+             f"MatTA {res['steps']} steps, fine-tune {f} steps at Adam lr {ft['ft_lr']:g} (chosen on validation); "
+             f"lrs {res['lrs']})", "",
+             f"| size | MatTA AUC | MatTA+FT AUC | KD {res['steps']} AUC | KD {res['steps']}+{f} AUC | MatTA LL | "
+             f"MatTA+FT LL | KD {res['steps']} LL | KD {res['steps']}+{f} LL | MatTA+FT - KD fair AUC (± s.e.) | "
+             f"MatTA+FT - KD fair LL (± s.e.) |", "|---|" + "---|" * 10]
+
+    def rows(method, size):
+        return sorted((r for r in runs if r["method"] == method and r["size"] == size), key=lambda r: r["seed"])
+
+    for size in sizes:
+        cells = [_cell([r[k] for r in rows(m, size)]) for k in ("auc", "logloss")
+                 for m in ("matta", "matta_ft", "kd", "kd_fair")]
+        diff = {}
+        for k in ("auc", "logloss"):
+            a = {r["seed"]: r[k] for r in rows("matta_ft", size)}
+            b = {r["seed"]: r[k] for r in rows("kd_fair", size)}
+            d = [a[s] - b[s] for s in a if s in b]
+            m, sd, n = _ms(d)
+            diff[k] = f"{m:+.4f} ± {sd / max(n, 1) ** 0.5:.4f}"
+        lines.append(f"| {size} | " + " | ".join(cells) + f" | {diff['auc']} | {diff['logloss']} |")
+    st = {m: _ms([1 - r["auc"] for r in rows(m, "student")])[0] for m in ("matta_ft", "kd", "kd_fair")}
+    lines += ["", f"Student (1 - AUC): MatTA+FT {st['matta_ft']:.4f} vs KD {st['kd']:.4f} "
+              f"({100 * (st['matta_ft'] / st['kd'] - 1):+.1f}%) and KD fair budget {st['kd_fair']:.4f} "
+              f"({100 * (st['matta_ft'] / st['kd_fair'] - 1):+.1f}%).", "",
+              "Cost per exported size (wall seconds, mean over seeds; same shared 2-core machine): ", "",
+              "| size | fine-tune steps | fine-tune s | KD twin from scratch steps | KD twin s | "
+              "fine-tune / twin (steps) | fine-tune / twin (s) |", "|---|---|---|---|---|---|---|"]
+    for size in sizes:
+        ft_s = _ms([r["seconds"] for r in rows("matta_ft", size)])[0]
+        tw_s = _ms([r["seconds"] for r in rows("kd_fair", size)])[0]
+        tw_steps = res["steps"] + f
+        lines.append(f"| {size} | {f} | {ft_s:.1f} | {tw_steps} | {tw_s:.1f} | {f / tw_steps:.2f} | "
+                     f"{ft_s / tw_s:.2f} |")
+    mt = _ms([r["train_seconds"] for r in rows("matta_ft", sizes[0])])[0]
+    lines += ["", f"(MatTA training itself: {res['steps']} steps, {mt:.1f} s for all sizes together; the fine-tune "
+              "seconds include tracing the step function.)", ""]
+    return lines
+
+
+def _ta_shape_lines(res) -> list[str]:
+    if not res or not res.get("runs"):
+        return []
+    seeds = sorted({r["seed"] for r in res["runs"]})
+    lines = [f"### Open question 2: wider vs deeper vs larger-embedding TA ({res['optimizer']}, lr {res['lr']:g}; "
+             f"eval; {len(seeds)} seeds; mean ± std; {res['steps']} steps; recipe {json.dumps(res['params'])})", "",
+             "| TA | TA spec | TA params | TA madds | Student AUC | Student LL | mix_1 AUC | TA AUC |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, sh in res["shapes"].items():
+        rs = [r for r in res["runs"] if r["shape"] == name]
+        if not rs:
+            continue
+        spec = sh["ta"]
+        desc = (f"emb {spec['embedding_dim']}, cross {spec['cross_layers']}x{spec['cross_ranks'][0] if spec['cross_ranks'] else 'full'}, "
+                f"MLP {'-'.join(str(w) for w in spec['mlp_widths'])}")
+        g = lambda size, k, rs=rs: _cell([r["metrics"][size][k] for r in rs])  # noqa: E731
+        lines.append(f"| {name} | {desc} | {sh['ta_cost']['params']:,} | {sh['ta_cost']['madds_per_example']:,} | "
+                     f"{g('student', 'auc')} | {g('student', 'logloss')} | {g('mix_1', 'auc')} | {g('ta', 'auc')} |")
+    return lines + [""]
 
 
 def _final_lines(final: dict, opt: str, tag: str, header: dict) -> list[str]:
@@ -399,7 +760,8 @@ def _final_lines(final: dict, opt: str, tag: str, header: dict) -> list[str]:
             seeds = sorted({r["seed"] for r in runs})
             lines += [f"### Eval{' (' + tag + ')' if tag else ''} ({opt}; {len(seeds)} seeds; mean ± std; "
                       f"recipe {json.dumps(final['params'])}; "
-                      f"KD twins: {final['kd']})", "",
+                      f"KD twins: {final['kd']}"
+                      + (f"; lrs tuned on validation {final['lrs']}" if final.get("lrs") else "") + ")", "",
                       "| size | labels-only AUC | KD AUC | MatTA AUC | labels-only LL | KD LL | MatTA LL |"
                       " MatTA - KD AUC (± s.e.) |",
                       "|---|---|---|---|---|---|---|---|"]
@@ -431,7 +793,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="generated", help="generated | movielens | anything bench.data.load takes")
     parser.add_argument("--config", default=DEFAULT_CONFIG)
-    parser.add_argument("--stage", default="all", help="comma list of timing, search, final, report; or all")
+    parser.add_argument("--stage", default="all", help="comma list of timing, search, final, lr, ftsearch, "
+                        "ftfinal, tashape, report; or all (= timing, search, final)")
     parser.add_argument("--optimizers", default="adam")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--trials", type=int, default=12, help="random-search trials after the ablations")
@@ -444,6 +807,9 @@ def main(argv=None) -> int:
     parser.add_argument("--teacher-steps", type=int, default=800)
     parser.add_argument("--recipe", help="JSON params for the final stage (default: the search's best)")
     parser.add_argument("--tag", default="", help="final stage: results go to final_<opt>_<tag>.json")
+    parser.add_argument("--tuned-lr", action="store_true",
+                        help="final stage: every arm at its lr tuned on validation by --stage lr")
+    parser.add_argument("--shape-seeds", type=int, default=2, help="tashape stage seeds")
     args = parser.parse_args(argv)
 
     stages = {"timing", "search", "final"} if args.stage == "all" else set(args.stage.split(","))
@@ -471,10 +837,30 @@ def main(argv=None) -> int:
         search_path = os.path.join(data_dir, f"search_{opt}.json")
         if "search" in stages:
             stage_search(setup, opt, args.trials, search_path)
+        search = _read(os.path.join(data_dir, "search_adam.json")) or _read(search_path)
+        if search is None:
+            continue
+        params = json.loads(args.recipe) if args.recipe else search["recipes"][search["best"]]["params"]
+        lr_path = os.path.join(data_dir, f"lr_{opt}.json")
+        if "lr" in stages:
+            stage_lr(setup, opt, params, search["kd"], lr_path)
+        tuned = (_read(lr_path) or {}).get("best")
+        if (args.tuned_lr or stages & {"ftsearch", "ftfinal", "tashape"}) and not tuned:
+            raise SystemExit(f"run --stage lr --optimizers {opt} first (no {lr_path})")
+        lrs = tuned if args.tuned_lr else None
         if "final" in stages:
-            search = _read(os.path.join(data_dir, "search_adam.json")) or _read(search_path)
-            params = json.loads(args.recipe) if args.recipe else search["recipes"][search["best"]]["params"]
-            stage_final(setup, opt, args.seeds, params, search["kd"], os.path.join(data_dir, f"final_{opt}{'_' + args.tag if args.tag else ''}.json"))
+            stage_final(setup, opt, args.seeds, params, search["kd"],
+                        os.path.join(data_dir, f"final_{opt}{'_' + args.tag if args.tag else ''}.json"), lrs=lrs)
+        ft_search_path = os.path.join(data_dir, f"finetune_search_{opt}.json")
+        if "ftsearch" in stages:
+            stage_finetune_search(setup, opt, params, search["kd"], tuned, ft_search_path)
+        if "ftfinal" in stages:
+            ft = _read(ft_search_path)["best"]
+            stage_finetune_final(setup, opt, args.seeds, params, search["kd"], tuned, ft,
+                                 os.path.join(data_dir, f"finetune_{opt}.json"))
+        if "tashape" in stages:
+            stage_ta_shape(setup, opt, args.shape_seeds, params, tuned["matta"],
+                           os.path.join(data_dir, f"tashape_{opt}.json"))
     md = markdown(data_dir, header)
     notes = os.path.join(data_dir, "notes.md")  # hand-written reading of the numbers, if any
     if os.path.exists(notes):
