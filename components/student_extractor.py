@@ -5,7 +5,9 @@ checkpoint) and the Transform's `transform_graph`. For every arm in `arms` (name
 `student`, `ta`, or `mix_k` = the k-th of `mixnmatch` evenly spaced Mix'n'Match sizes,
 `RankerConfig.mixnmatch_specs`), it runs `matta_tf.extract.extract` and exports the
 standalone model with `matta_tf.export.export_saved_model`, with the TFT transform layer
-as `preprocess` so the SavedModel takes *raw* serialized tf.Examples.
+as `preprocess` so the SavedModel takes *raw* serialized tf.Examples (on the fused input
+path, `matta_tf.input_path`, which reproduces the TFT transform with vectorised ops and is
+checked against it before export; `predict_ids` takes TFT ids).
 
 With the optional `examples` input (ExampleGen's output), the first records of its eval
 split become TF Serving warm-up requests (`assets.extra/tf_serving_warmup_requests`, batch
@@ -118,8 +120,11 @@ class StudentExtractorExecutor(base_executor.BaseExecutor):
             target = artifact_utils.get_single_instance(output_dict[arm_output_key(arm)])
             export_dir = os.path.join(target.uri, "Format-Serving")
             # A fresh TFT layer per export: each SavedModel tracks its own copy of the assets.
+            # The fused input path (default "auto") is checked against the TFT graph on probe
+            # inputs and on the warm-up examples before it is written.
             export_saved_model(standalone, export_dir, parse_spec,
-                               preprocess=tft_output.transform_features_layer())
+                               preprocess=tft_output.transform_features_layer(),
+                               tft_output=tft_output, check_examples=warmup)
             size = sum(os.path.getsize(os.path.join(d, f))
                        for d, _, fs in os.walk(export_dir) for f in fs)
             if warmup:  # in the export itself, so the pushed copy warms up too

@@ -7,6 +7,27 @@ Signatures (all outputs float32 [None]):
   missing; categorical: string, default "" = missing; `num_ids`: int64, default -1);
   -> `logit`, `probability`.
 * `predict_raw(<one tensor [None] per raw feature>)` -> `logit`, `probability`.
+* `predict_ids(numeric: float32 [None, n], ids: int64 [None, m])` (fused exports only) ->
+  `logit`, `probability`, for clients that already hold categorical ids: `numeric` are the
+  raw numeric values (as `predict_raw` takes them, NaN = missing) in the model's numeric
+  order, `ids` the model's categorical ids in its categorical order - with a TFT layer the
+  TFT-transformed ids (vocabulary line number, OOV buckets after it: what the Trainer
+  trained on), without one the ids of the model's own lookups (`StringLookup` /
+  `Hashing` / `num_ids`). An id outside a vocabulary/hash feature's rows is
+  INVALID_ARGUMENT; `num_ids` features apply their out-of-range rule. The column order is
+  `loaded.input_columns()` (`numeric`, `categorical` names).
+
+Input path (`input_path`): "fused" computes the model inputs with one op per feature
+*kind* (`matta_tf.input_path`: one parse, numerics as one matrix, one lookup table over
+all vocabularies, one gather from one concatenated embedding table); "per_feature" is the
+original graph (parse -> `preprocess` -> the model's per-feature lookups and gathers);
+"auto" (default) exports fused when the model is a standalone ranker and the
+preprocessing is the model's own or a TFT layer the fused path reproduces, and keeps the
+per-feature graph otherwise. Before a fused export is written its outputs are compared
+with the per-feature graph's on probe inputs (every vocabulary value, unknown and missing
+values, numeric special points, `check_examples`): categorical ids must be equal and
+logits within 1e-6 (relative above 1), else "auto" falls back to per-feature (with a
+warning) and "fused" raises. `loaded.input_path_info()` says which path was exported.
 
 Preprocessing (lookups, hashing, normalisation) is part of the Keras model, so clients
 send raw values. An optional `preprocess` callable (e.g. `tft.TFTransformOutput.
@@ -26,12 +47,18 @@ loaded.signatures["serving_default"](examples=tf.constant([ex.SerializeToString(
 """
 from __future__ import annotations
 
+import json
+import logging
+
 import matta_tf  # noqa: F401
 
 # isort: split
 import tensorflow as tf
 
 from matta_tf.config import FeatureSpec
+
+log = logging.getLogger("matta.export")
+INPUT_PATHS = ("auto", "fused", "per_feature")
 
 
 def parse_spec(feature_spec: FeatureSpec | dict) -> dict:
@@ -65,6 +92,8 @@ class RankerServingModule(tf.Module):
         self.serve_examples = tf.function(
             self._serve_examples, input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
         self.predict_raw = tf.function(self._predict_raw, input_signature=[raw_signature])
+        info = json.dumps({"input_path": "per_feature"})
+        self.input_path_info = tf.function(lambda: tf.constant(info), input_signature=[])
 
     def _outputs(self, raw: dict) -> dict:
         features = self.preprocess(raw) if self.preprocess is not None else raw
@@ -78,7 +107,7 @@ class RankerServingModule(tf.Module):
     def _serve_examples(self, examples):
         return self._outputs(tf.io.parse_example(examples, self.parse_spec))
 
-    def _predict_raw(self, raw):
+    def _predict_raw_features(self, raw):
         features = {}
         for name, spec in self.parse_spec.items():
             x = raw[name]
@@ -86,18 +115,245 @@ class RankerServingModule(tf.Module):
                 # Raw [B] values -> SparseTensor [B, 1]; "" / 0 count as missing.
                 x = tf.sparse.from_dense(tf.expand_dims(x, 1))
             features[name] = x
-        return self._outputs(features)
+        return features
+
+    def _predict_raw(self, raw):
+        return self._outputs(self._predict_raw_features(raw))
+
+    def signatures(self) -> dict:
+        return {"serving_default": self.serve_examples.get_concrete_function(),
+                "predict_raw": self.predict_raw.get_concrete_function()}
+
+
+class _Untracked:
+    """Holds an object without making it part of the SavedModel's object graph."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _tracked_layers(network) -> list:
+    """The network's sublayers except the per-feature embeddings and preprocessor (the
+    fused path replaces them): every weight the logit computation reads."""
+    from matta_tf.layers import FeaturePreprocessor, NestedEmbedding
+
+    return [layer for layer in network._flatten_layers(include_self=False, recursive=False)
+            if not isinstance(layer, (NestedEmbedding, FeaturePreprocessor))]
+
+
+class FusedRankerServingModule(tf.Module):
+    """The same signatures over the fused input path (`matta_tf.input_path`), plus
+    `predict_ids`."""
+
+    def __init__(self, keras_model: tf.keras.Model, plan, raw_parse_spec: dict):
+        from matta_tf.input_path import FusedEncoder
+
+        super().__init__(name="ranker_serving")
+        network = keras_model.network
+        self.encoder = FusedEncoder(plan, [e.embeddings for e in network.embeddings])
+        self.layers = _tracked_layers(network)
+        self._network = _Untracked(network)
+        self._max_spec = network.max_spec
+        self._plan = plan
+        raw_signature = {name: tf.TensorSpec([None], spec.dtype, name=name)
+                         for name, spec in raw_parse_spec.items()}
+        self.serve_examples = tf.function(
+            self._serve_examples, input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+        self.predict_raw = tf.function(self._predict_raw, input_signature=[raw_signature])
+        self.predict_ids = tf.function(self._predict_ids, input_signature=[
+            tf.TensorSpec([None, len(plan.numeric)], tf.float32, name="numeric"),
+            tf.TensorSpec([None, len(plan.categorical)], tf.int64, name="ids")])
+        columns = {"numeric": plan.numeric_names, "categorical": plan.categorical_names}
+        self.input_columns = tf.function(
+            lambda: {k: tf.constant(v, tf.string, shape=[len(v)]) for k, v in columns.items()},
+            input_signature=[])
+        info = json.dumps({"input_path": "fused", **plan.describe()})
+        self.input_path_info = tf.function(lambda: tf.constant(info), input_signature=[])
+
+    def _logits(self, encoded) -> dict:
+        logit = self._network.value.logits_at(encoded, self._max_spec)
+        logit = tf.reshape(tf.cast(logit, tf.float32), [-1])
+        return {"logit": logit, "probability": tf.sigmoid(logit)}
+
+    def _serve_examples(self, examples):
+        return self._logits(self.encoder.encode_examples(examples))
+
+    def _predict_raw(self, raw):
+        return self._logits(self.encoder.encode_raw(raw))
+
+    def _predict_ids(self, numeric, ids):
+        return self._logits(self.encoder.encode_ids(numeric, ids))
+
+    def signatures(self) -> dict:
+        return {"serving_default": self.serve_examples.get_concrete_function(),
+                "predict_raw": self.predict_raw.get_concrete_function(),
+                "predict_ids": self.predict_ids.get_concrete_function()}
+
+
+def _tft_output_of(preprocess):
+    """The `TFTransformOutput` behind a `transform_features_layer()`, if it is one."""
+    return getattr(preprocess, "_tft_output", None)
+
+
+def make_plan(keras_model, feature_spec, preprocess=None, tft_output=None):
+    """The fused input plan for this export; `UnsupportedInputPath` if there is none."""
+    from matta_tf.input_path import UnsupportedInputPath, plan_from_feature_spec, plan_from_tft
+
+    network = getattr(keras_model, "network", None)
+    features = getattr(keras_model, "features", None)
+    if network is None or features is None or not hasattr(network, "logits_at") \
+            or not hasattr(network, "embeddings") or network.nested_head:
+        raise UnsupportedInputPath(f"{type(keras_model).__name__} is not a standalone ranker")
+    raw = parse_spec(feature_spec)
+    if preprocess is None:
+        if tft_output is not None:
+            raise UnsupportedInputPath("tft_output given without its preprocess layer")
+        plan = plan_from_feature_spec(features)
+    else:
+        tft_output = tft_output or _tft_output_of(preprocess)
+        if tft_output is None:
+            raise UnsupportedInputPath(f"preprocess {type(preprocess).__name__} is not a TFT "
+                                       "transform layer the fused path knows")
+        plan = plan_from_tft(tft_output, features, raw)
+    names = set(plan.numeric_names) | set(plan.categorical_names)
+    missing = sorted(names - set(raw))
+    if missing:
+        raise UnsupportedInputPath(f"model inputs {missing} are not raw features of the parse spec")
+    for c in plan.categorical:
+        want = tf.string if c.dtype == "string" else tf.int64
+        if raw[c.name].dtype != want:
+            raise UnsupportedInputPath(f"raw feature {c.name!r} is {raw[c.name].dtype.name}, "
+                                       f"the plan wants {want.name}")
+    return plan
+
+
+def _probe_examples(columns: dict, raw_spec: dict, rows: int, empty_lists: bool) -> list[bytes]:
+    """tf.Examples of the first `rows` probe rows; NaN / "" are left out of the Example or,
+    with `empty_lists`, given as an empty list (as ClickLogExampleGen writes missing values)."""
+    import math
+
+    out = []
+    names = list(columns)
+    n = min(rows, len(columns[names[0]]))
+    for i in range(n):
+        feature = {}
+        for name in names:
+            v = columns[name][i]
+            kind = raw_spec[name].dtype
+            missing = (kind == tf.string and v == b"") or (kind == tf.float32 and math.isnan(v))
+            if missing and not empty_lists:
+                continue
+            if kind == tf.string:
+                f = tf.train.Feature(bytes_list=tf.train.BytesList(value=[] if missing else [v]))
+            elif kind == tf.float32:
+                f = tf.train.Feature(float_list=tf.train.FloatList(value=[] if missing else [float(v)]))
+            else:
+                f = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
+            feature[name] = f
+        out.append(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    return out
+
+
+def check_fused(reference: RankerServingModule, fused: FusedRankerServingModule, raw_spec: dict,
+                check_examples=(), tolerance: float = 1e-6) -> dict:
+    """Compares the fused module with the per-feature one on probe inputs; raises
+    `UnsupportedInputPath` naming the first difference. Returns the largest differences."""
+    import numpy as np
+
+    from matta_tf.input_path import UnsupportedInputPath, probe_columns
+
+    plan = fused._plan
+    columns = probe_columns(plan)
+    rows = len(next(iter(columns.values())))
+    for name, spec in raw_spec.items():  # raw features the model does not read
+        if name not in columns:
+            columns[name] = (np.full(rows, b"", object) if spec.dtype == tf.string
+                             else np.zeros(rows, spec.dtype.as_numpy_dtype))
+    raw = {k: tf.constant(v, raw_spec[k].dtype) for k, v in columns.items()}
+    # 1. categorical ids, exactly: the per-feature graph's model inputs vs the fused rows.
+    network = fused._network.value
+    ref_features = {k: v for k, v in reference._predict_raw_features(raw).items()}
+    if reference.preprocess is not None:
+        ref_features = reference.preprocess(ref_features)
+    ref_numeric, ref_ids = network.preprocessor(ref_features)
+    numeric, strings, ints = fused.encoder.stack_raw(raw)
+    got_rows = fused.encoder.rows(strings, ints).numpy()
+    for j, (col, want) in enumerate(zip(plan.categorical, ref_ids, strict=True)):
+        got = got_rows[j] - fused.encoder._offsets[j]
+        bad = np.flatnonzero(got != want.numpy())
+        if bad.size:
+            i = bad[0]
+            raise UnsupportedInputPath(
+                f"fused ids differ for {col.name!r}: value {columns[col.name][i]!r} -> "
+                f"{got[i]} (per-feature: {want.numpy()[i]})")
+    got_numeric = fused.encoder.transform_numeric(numeric).numpy()
+    num_diff = float(np.max(np.abs(got_numeric - ref_numeric.numpy()), initial=0.0))
+    if not np.allclose(got_numeric, ref_numeric.numpy(), rtol=tolerance, atol=tolerance, equal_nan=True):
+        raise UnsupportedInputPath(f"fused numeric inputs differ by up to {num_diff:g}")
+    # 2. logits through all three entry points.
+    diffs = {"numeric": num_diff}
+
+    def compare(what, want, got):
+        want, got = want["logit"].numpy(), got["logit"].numpy()
+        err = np.abs(want - got) / np.maximum(1.0, np.abs(want))
+        diffs[what] = float(np.max(np.abs(want - got), initial=0.0))
+        if not (np.all(err <= tolerance) or np.array_equal(want, got, equal_nan=True)):
+            i = int(np.nanargmax(err))
+            raise UnsupportedInputPath(f"fused {what} logit {got[i]} != per-feature {want[i]} "
+                                       f"(row {i}, |diff| {abs(got[i] - want[i]):g})")
+
+    compare("predict_raw", reference.predict_raw(raw), fused.predict_raw(raw))
+    batch = tf.constant(_probe_examples(columns, raw_spec, 256, empty_lists=False)
+                        + list(check_examples))
+    compare("serving_default", reference.serve_examples(batch), fused.serve_examples(batch))
+    # Missing values as empty lists (ClickLogExampleGen's encoding): the per-feature graph
+    # takes them with VarLen parse specs (a TFT export) and refuses them with FixedLen ones;
+    # the fused path always reads them as missing.
+    batch = tf.constant(_probe_examples(columns, raw_spec, 64, empty_lists=True))
+    try:
+        want = reference.serve_examples(batch)
+    except tf.errors.InvalidArgumentError:
+        want = None
+    if want is not None:
+        compare("serving_default (empty lists)", want, fused.serve_examples(batch))
+    ids = np.stack([r.numpy() for r in ref_ids], axis=1) if ref_ids else np.zeros([rows, 0], np.int64)
+    if plan.source == "tft":  # predict_ids takes the TFT ids (the preprocess outputs)
+        ids = np.stack([ref_features[c.name].numpy().reshape(-1) for c in plan.categorical], axis=1) \
+            if plan.categorical else ids
+    nums = np.stack([columns[c.name] for c in plan.numeric], axis=1).astype(np.float32) \
+        if plan.numeric else np.zeros([rows, 0], np.float32)
+    compare("predict_ids", reference.predict_raw(raw),
+            fused.predict_ids(tf.constant(nums), tf.constant(ids, tf.int64)))
+    return diffs
 
 
 def export_saved_model(keras_model: tf.keras.Model, export_dir: str, feature_spec: FeatureSpec | dict,
-                       preprocess=None) -> str:
-    """Write `keras_model` (raw features -> logit [B]) as a SavedModel at `export_dir`."""
-    module = RankerServingModule(keras_model, feature_spec, preprocess)
-    signatures = {
-        "serving_default": module.serve_examples.get_concrete_function(),
-        "predict_raw": module.predict_raw.get_concrete_function(),
-    }
-    tf.saved_model.save(module, export_dir, signatures=signatures)
+                       preprocess=None, *, input_path: str = "auto", tft_output=None,
+                       check_examples=()) -> str:
+    """Write `keras_model` (raw features -> logit [B]) as a SavedModel at `export_dir`.
+
+    `input_path`: "auto" | "fused" | "per_feature" (see the module docstring);
+    `tft_output`: the `TFTransformOutput` of a TFT `preprocess` layer (found on the layer
+    when not given); `check_examples`: serialized tf.Examples added to the fused path's
+    equality check (e.g. the warm-up requests)."""
+    from matta_tf.input_path import UnsupportedInputPath
+
+    if input_path not in INPUT_PATHS:
+        raise ValueError(f"input_path must be one of {list(INPUT_PATHS)}, got {input_path!r}")
+    reference = RankerServingModule(keras_model, feature_spec, preprocess)
+    if input_path != "per_feature":
+        try:
+            plan = make_plan(keras_model, feature_spec, preprocess, tft_output)
+            fused = FusedRankerServingModule(keras_model, plan, reference.parse_spec)
+            check_fused(reference, fused, reference.parse_spec, check_examples)
+            tf.saved_model.save(fused, export_dir, signatures=fused.signatures())
+            return export_dir
+        except UnsupportedInputPath as err:
+            if input_path == "fused":
+                raise
+            log.warning("export to %s: per-feature input path (the fused one does not apply: %s)",
+                        export_dir, err)
+    tf.saved_model.save(reference, export_dir, signatures=reference.signatures())
     return export_dir
 
 

@@ -47,7 +47,7 @@ def test_saved_model_round_trip_through_serving_default(tmp_path):
     export_dir = export_saved_model(student, str(tmp_path / "1"), FEATURES)
     del student
     loaded = tf.saved_model.load(export_dir)
-    assert set(loaded.signatures) == {"serving_default", "predict_raw"}
+    assert set(loaded.signatures) == {"serving_default", "predict_raw", "predict_ids"}
     serving = loaded.signatures["serving_default"]
     assert set(serving.structured_input_signature[1]) == {"examples"}
     # Raw log values (nulls left out of the Example = missing) in, same logits out.
