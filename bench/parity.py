@@ -3,8 +3,11 @@ where they differ: `python -m bench.parity --data movielens --seeds 3`.
 
 Arms (same data, batches in the same order per seed, steps, batch size and Adam):
   matta_alone      the bench's `alone` arm: MatTARanker(student == ta, labels only), extracted
+  matta_alone_headfix  matta_alone with the logit head's initial kernel rescaled to the
+                   Glorot scale of the Student's real head input (its last MLP width) instead
+                   of the nested head's max(x0 width, widths) rows - the proposed model fix
   matta_standalone StandaloneRanker(student) compiled with plain BCE + Adam (matta layers,
-                   head sized exactly, no MatTA train_step)
+                   head sized exactly, no MatTA train_step; network seeded per seed)
   tfrs             bench/tfrs_reference.py (tfrs Cross + Dense + StringLookup/Embedding)
   tfrs_wide_head   tfrs with its logit layer initialised like matta's nested head
                    (Glorot for max(x0 width, MLP widths) inputs)
@@ -25,34 +28,42 @@ from bench import data as bench_data
 from bench import quality, tfrs_reference
 from matta_tf.config import RankerConfig
 
-ARMS = ("matta_alone", "matta_standalone", "tfrs", "tfrs_wide_head")
+ARMS = ("matta_alone", "matta_alone_headfix", "matta_standalone", "tfrs", "tfrs_wide_head")
 
 
-def run(data, base: RankerConfig, settings: quality.TrainSettings, seeds: int, arms, log=print) -> dict:
+def run(data, base: RankerConfig, settings: quality.TrainSettings, seeds: int, arms, log=print,
+        seed_offset: int = 0) -> dict:
     import tensorflow as tf
 
     from matta_tf.datasets import table_to_dataset
-    from matta_tf.model import StandaloneRanker
+    from matta_tf.model import RankerNetwork, StandaloneRanker
 
     student = base.student
     eval_batches = list(table_to_dataset(data.eval, data.features, batch_size=4096))
     labels = np.concatenate([y.numpy() for _, y in eval_batches])
     head_rows = max((student.x0_width(data.features), *student.mlp_widths))
     out = {arm: [] for arm in arms}
-    for seed in range(seeds):
+    for seed in range(seed_offset, seed_offset + seeds):
         def ds(seed=seed):
             return table_to_dataset(data.train, data.features, batch_size=settings.batch_size,
                                     shuffle_seed=seed, repeat=True)
 
         for arm in arms:
             start = time.perf_counter()
-            if arm == "matta_alone":
+            if arm in ("matta_alone", "matta_alone_headfix"):
                 config = quality.arm_config(base, student, student, quality.ALONE, seed, settings)
-                model, _ = quality.train(config, ds(), "adam", settings)
+                rescale = None
+                if arm == "matta_alone_headfix":
+                    real = student.mlp_widths[-1] if student.mlp_widths else student.x0_width(data.features)
+                    rescale = ((head_rows + 1) / (real + 1)) ** 0.5  # Glorot limit for `real` inputs
+                model, _ = quality.train(config, ds(), "adam", settings, head_init_scale=rescale)
                 m = quality.eval_spec(model, student, eval_batches, labels)
             elif arm == "matta_standalone":
                 tf.keras.utils.set_random_seed(seed)
                 model = StandaloneRanker(data.features, student)
+                # StandaloneRanker builds its network with seed 0; seed it like the other arms.
+                model.network = RankerNetwork(data.features, student, nested_head=False, seed=seed,
+                                              name="network")
                 model.compile(optimizer=tf.keras.optimizers.Adam(settings.adam_lr),
                               loss=tf.keras.losses.BinaryCrossentropy(from_logits=True))
                 model.fit(ds().map(lambda f, y: ({k: v for k, v in f.items() if k != "teacher_logit"}, y)),
@@ -84,6 +95,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default="movielens")
     parser.add_argument("--config", default=None, help="ranker config (default: the bench's)")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seed-offset", type=int, default=0, help="first seed")
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--train-rows", type=int, default=200_000, help="generated data only")
@@ -104,7 +116,8 @@ def main(argv=None) -> int:
                                      warmup_steps=max(1, args.steps // 4))
     print(f"parity: {args.data}: {data.train.num_rows} train / {data.eval.num_rows} eval rows, "
           f"{args.steps} steps x {args.batch_size}, student {base.student.to_dict()}", flush=True)
-    result = run(data, base, settings, args.seeds, args.arms.split(","), log=lambda m: print(m, flush=True))
+    result = run(data, base, settings, args.seeds, args.arms.split(","), log=lambda m: print(m, flush=True),
+                 seed_offset=args.seed_offset)
     for arm, s in result["summary"].items():
         extra = f", matta - tfrs {s['auc_minus_tfrs']:+.4f}" if "auc_minus_tfrs" in s else ""
         print(f"{arm:17s} auc {s['auc']:.4f} ± {s['auc_std']:.4f} logloss {s['logloss']:.4f}{extra}")

@@ -74,14 +74,18 @@ def arm_config(base: RankerConfig, student: SubmodelSpec, ta: SubmodelSpec, weig
                                mixnmatch_train_specs=mixnmatch_train_specs)
 
 
-def train(config: RankerConfig, train_ds, optimizer: str, settings: TrainSettings):
-    """Trains a MatTARanker for settings.steps steps; returns (model, seconds)."""
+def train(config: RankerConfig, train_ds, optimizer: str, settings: TrainSettings,
+          head_init_scale: float | None = None):
+    """Trains a MatTARanker for settings.steps steps; returns (model, seconds).
+    `head_init_scale` (diagnostics, bench/parity.py) multiplies the logit head's initial kernel."""
     import tensorflow as tf
 
     from matta_tf.model import MatTARanker
 
     tf.keras.utils.set_random_seed(config.seed)
     model = MatTARanker(config)
+    if head_init_scale is not None:
+        model.network.head.kernel.assign(model.network.head.kernel * head_init_scale)
     model.compile(optimizer=make_optimizer(optimizer, settings))
     start = time.perf_counter()
     model.fit(train_ds, steps_per_epoch=settings.steps, epochs=1, verbose=0)

@@ -3,6 +3,8 @@
 Writes bench/results/<data>/{quality.json,throughput.json,ingestion.json,summary.md,
 frontier.png}. Questions (see issue "bench/: the evidence"):
 
+  Q0  matta's labels-only Student vs a plain TFRS/Keras model of the same architecture
+      (`tfrs` arm, bench/tfrs_reference.py; ablations: bench/parity.py).
   Q1  Student alone vs KD-from-teacher Student vs MatTA Student (same architecture).
   Q2  every Mix'n'Match size cut from the one MatTA run vs an independently trained
       (and a KD-trained) model of exactly that size.
@@ -10,6 +12,12 @@ frontier.png}. Questions (see issue "bench/: the evidence"):
   P1  training throughput and multiply-add utilisation against a measured matmul peak.
   P2  serving latency per student (bench/results/serving_latency.json, if present).
   P3  ClickLogExampleGen ingestion rows/s vs a plain pyarrow CSV read + TFRecord write.
+
+Data (bench/data.py): generated (oracle teacher), generated:fitted, movielens (MovieLens-100k),
+criteo:DIR, schema:...; all but `generated` get their teacher logits from the project's
+teacher cross-fitted on train + validation (out-of-fold logits for those rows, the fold
+ensemble for eval). Features: exact vocabularies from the train split (--min-count,
+--max-vocabulary). A validation split (end of the train period) is kept out of training.
 """
 from __future__ import annotations
 
