@@ -41,6 +41,14 @@ def register(subparsers) -> None:
     serve.add_argument("--max-decoded-bytes", type=int, default=0,
                        help="most bytes a request's input tensors may decode to, checked from "
                             "their declared shapes before allocating (0 = 8 x --max-request-bytes)")
+    serve.add_argument("--enable-batching", action="store_true",
+                       help="merge concurrent requests for the same model version and signature "
+                            "into one model call (TF Serving's --enable_batching); give "
+                            "--grpc-threads at least the number of concurrent clients")
+    serve.add_argument("--batching-parameters-file",
+                       help="TF Serving BatchingParameters text proto, e.g. the "
+                            "batching_parameters.txt next to models.config (default: TF "
+                            "Serving's defaults); implies --enable-batching")
     serve.set_defaults(func=_serve)
 
     cfg = subparsers.add_parser("serving", help="TF Serving deployment artifacts")
@@ -106,12 +114,23 @@ def _serve(args) -> int:
                             grace_s=args.grace_seconds, warmup=not args.no_warmup,
                             poll_seconds=args.file_system_poll_wait_seconds,
                             max_batch_size=args.max_batch_size,
-                            max_decoded_bytes=args.max_decoded_bytes)
+                            max_decoded_bytes=args.max_decoded_bytes,
+                            batching=_batching_options(args))
     server = ModelServer.from_config(args.model_config, options).start()
     # One machine-readable line so scripts (bench, tests) can find the ports.
     print(f"READY grpc={server.grpc_port} rest={server.rest_port}", flush=True)
     server.serve_until_signalled()
     return 0
+
+
+def _batching_options(args):
+    if not (args.enable_batching or args.batching_parameters_file):
+        return None
+    from serving.batching import BatchingOptions
+
+    if args.batching_parameters_file:
+        return BatchingOptions.from_file(args.batching_parameters_file)
+    return BatchingOptions()
 
 
 def _serving_config(args) -> int:

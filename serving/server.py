@@ -40,11 +40,19 @@ Hardening (what one request may cost):
 - `stop()` refuses new work (UNAVAILABLE), lets in-flight requests finish within a grace
   period, then closes.
 
+Server-side batching (off by default, like TF Serving; `ServerOptions.batching`, `matta
+serve --enable-batching [--batching-parameters-file F]`): concurrent requests for the same
+(model, version, signature) share one model call, following TF Serving's
+`batching_parameters.txt` (serving.batching). With batching on, a request holds one of the
+`max_concurrency` slots only while it is decoded and checked; it then waits in its batch
+queue, which `max_enqueued_batches` bounds.
+
 Modules, by concern (as in TF Serving's model_servers/ and servables/tensorflow/):
   serving.status          ServingError, canonical codes -> HTTP
   serving.model_registry  ModelRegistry: load, warm up, version policies, resolve
   serving.signatures      run_signature: inputs checked against a signature, then run
   serving.tensor_limits   gRPC TensorProtos checked (dtype, shape, batch, size) before decoding
+  serving.batching        BatchScheduler: concurrent requests merged into one model call
   serving.rest_codec      REST :predict JSON in/out, status/metadata JSON
   serving.grpc_service    PredictionService / ModelService servicers
   serving.http_handler    REST routing and HTTP handling
@@ -60,6 +68,7 @@ import logging
 import signal
 import threading
 import time
+from typing import Any
 
 from serving.grpc_service import (
     ModelStatusServicer,
@@ -77,9 +86,11 @@ from serving.rest_codec import (
 )
 from serving.signatures import (
     batch_size_error,
+    call_signature,
     check_input_names,
     check_shape,
     get_signature,
+    prepare_inputs,
     run_signature,
 )
 from serving.status import HTTP_STATUS, MAX_ERROR_MESSAGE_CHARS, ServingError
@@ -105,6 +116,22 @@ __all__ = [
 log = logging.getLogger("matta.serve")
 
 
+class _ByIdentity:
+    """A batch queue key part: one loaded version (hashed by identity, so a reloaded version
+    gets a queue of its own)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __hash__(self):
+        return id(self.value)
+
+    def __eq__(self, other):
+        return isinstance(other, _ByIdentity) and other.value is self.value
+
+
 @dataclasses.dataclass
 class ServerOptions:
     host: str = "127.0.0.1"
@@ -124,6 +151,8 @@ class ServerOptions:
     # Most bytes a request's input tensors may decode to; 0 = DECODED_BYTES_PER_REQUEST_BYTE
     # x max_request_bytes. Checked from the declared shapes before anything is allocated.
     max_decoded_bytes: int = 0
+    # Server-side batching (serving.batching.BatchingOptions); None = off, as in TF Serving.
+    batching: Any = None
 
     def __post_init__(self):
         for field in ("max_request_bytes", "max_concurrency", "grpc_threads", "max_batch_size"):
@@ -157,6 +186,11 @@ class ModelServer:
         self.stats = {"requests": 0, "errors": 0}
         self._poll_stop = threading.Event()
         self._poll_thread = None
+        self.batcher = None
+        if self.options.batching is not None:
+            from serving.batching import BatchScheduler
+
+            self.batcher = BatchScheduler(self.options.batching, self._run_batch)
 
     @classmethod
     def from_config(cls, models_config_path: str, options: ServerOptions | None = None):
@@ -190,12 +224,52 @@ class ModelServer:
         finally:
             self._release()
 
+    # -- running a signature, directly or through the batch scheduler
+    @staticmethod
+    def _run_batch(key, arrays):
+        loaded, signature_name = key[0].value, key[1]
+        sig = get_signature(loaded, signature_name)
+        return call_signature(sig, signature_name, arrays)
+
+    def _run(self, loaded, signature_name, inputs, output_filter=()):
+        """Outputs of one request; call it inside `admission()`. With batching on it returns
+        a zero-argument function that waits for the batch: call that after releasing the
+        slot."""
+        if self.batcher is None:
+            return run_signature(loaded, signature_name, inputs, output_filter)
+        signature_name = signature_name or "serving_default"
+        sig, arrays = prepare_inputs(loaded, signature_name, inputs, output_filter)
+        sizes = {a.shape[0] for a in arrays.values() if a.ndim > 0}
+        if any(a.ndim == 0 for a in arrays.values()) or not sizes:
+            return call_signature(sig, signature_name, arrays, output_filter)  # unbatchable
+        key = (_ByIdentity(loaded), signature_name,
+               tuple(sorted((k, a.dtype.str, a.shape[1:]) for k, a in arrays.items())))
+        names = list(output_filter) or sorted(sig.outputs)
+        with self._inflight_cv:  # in flight until its batch ran (stop() waits for it)
+            self._inflight += 1
+
+        def wait():
+            try:
+                out = self.batcher.submit(key, arrays, sizes.pop())
+            finally:
+                with self._inflight_cv:
+                    self._inflight -= 1
+                    self._inflight_cv.notify_all()
+            return {k: out[k] for k in names}
+
+        return wait
+
+    @staticmethod
+    def _finish(result):
+        return result() if callable(result) else result
+
     def predict(self, name, version, label, signature_name, inputs, output_filter=()):
         """Runs already decoded `inputs` (name -> array or nested lists)."""
         self.stats["requests"] += 1
         loaded = self.registry.resolve(name, version, label)
         with self.admission():
-            return loaded, run_signature(loaded, signature_name, inputs, output_filter)
+            result = self._run(loaded, signature_name, inputs, output_filter)
+        return loaded, self._finish(result)
 
     def predict_request(self, request):
         """A `PredictRequest` -> (LoadedVersion, signature name, outputs). Its tensors are
@@ -210,8 +284,8 @@ class ModelServer:
                               self.options.decoded_bytes_limit)
         with self.admission():
             inputs = decode_request_tensors(request.inputs)
-            outputs = run_signature(loaded, signature_name, inputs, tuple(request.output_filter))
-        return loaded, signature_name, outputs
+            result = self._run(loaded, signature_name, inputs, tuple(request.output_filter))
+        return loaded, signature_name, self._finish(result)
 
     def predict_json(self, name, version, label, body: bytes) -> dict:
         """A REST :predict body -> the response JSON. The body is parsed only once a slot is
@@ -227,8 +301,8 @@ class ModelServer:
             sig = get_signature(loaded, signature_name)
             inputs, form = parse_rest_predict(payload, sig.inputs, self.options.max_batch_size)
             del payload
-            outputs = run_signature(loaded, signature_name, inputs)
-        return format_rest_predict(outputs, form)
+            result = self._run(loaded, signature_name, inputs)
+        return format_rest_predict(self._finish(result), form)
 
     def model_status(self, name, version=None, label=None):
         from tensorflow_serving.apis import get_model_status_pb2
@@ -277,6 +351,9 @@ class ModelServer:
 
         opts = self.options
         limit = int(opts.max_request_bytes)
+        if self.batcher is not None:
+            self.batcher.start()
+            log.info("batching: %s", self.batcher.options)
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=opts.grpc_threads,
                                        thread_name_prefix="matta-grpc"),
@@ -339,6 +416,8 @@ class ModelServer:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+        if self.batcher is not None:
+            self.batcher.stop()
 
     def __enter__(self):
         return self.start()

@@ -24,11 +24,12 @@ def _coerce_input(name: str, value: Any, spec) -> np.ndarray:
         if dtype == "string":
             arr = np.asarray(value, dtype=object)
             flat = arr.reshape(-1)
-            for i, item in enumerate(flat):
-                if isinstance(item, str):
-                    flat[i] = item.encode("utf-8")
-                elif not isinstance(item, bytes):
-                    raise TypeError(f"element {i} is {type(item).__name__}, not a string")
+            if not all(type(item) is bytes for item in flat):  # as decoded from a TensorProto
+                for i, item in enumerate(flat):
+                    if isinstance(item, str):
+                        flat[i] = item.encode("utf-8")
+                    elif not isinstance(item, bytes):
+                        raise TypeError(f"element {i} is {type(item).__name__}, not a string")
         elif dtype in _TF_DTYPE_TO_NUMPY:
             arr = np.asarray(value)
             if arr.dtype == object or arr.dtype.kind in "USV":
@@ -83,11 +84,9 @@ def batch_size_error(size: int, limit: int, what: str) -> ServingError:
                         f"the server's --max-batch-size)")
 
 
-def run_signature(loaded: LoadedVersion, signature_name: str,
-                  inputs: Mapping[str, Any], output_filter=()) -> dict[str, np.ndarray]:
-    """Validates inputs against the signature, runs it, returns numpy outputs."""
-    import tensorflow as tf
-
+def prepare_inputs(loaded: LoadedVersion, signature_name: str, inputs: Mapping[str, Any],
+                   output_filter=()) -> tuple[Signature, dict[str, np.ndarray]]:
+    """Validates inputs against the signature: (signature, numpy arrays of its dtypes)."""
     signature_name = signature_name or "serving_default"
     sig = get_signature(loaded, signature_name)
     check_input_names(loaded, signature_name, sig, inputs)
@@ -100,6 +99,14 @@ def run_signature(loaded: LoadedVersion, signature_name: str,
     if unknown:
         raise ServingError("INVALID_ARGUMENT",
                            f"output tensor alias not found in signature: {unknown}")
+    return sig, arrays
+
+
+def call_signature(sig: Signature, signature_name: str, arrays: Mapping[str, np.ndarray],
+                   output_filter=()) -> dict[str, np.ndarray]:
+    """Runs prepared inputs through the signature; TF errors become ServingErrors."""
+    import tensorflow as tf
+
     try:
         result = sig.function(**{k: tf.constant(v, dtype=sig.inputs[k].dtype)
                                  for k, v in arrays.items()})
@@ -116,3 +123,11 @@ def run_signature(loaded: LoadedVersion, signature_name: str,
         raise ServingError("INTERNAL", f"running {signature_name}: {err}") from None
     names = list(output_filter) or sorted(result)
     return {k: result[k].numpy() for k in names}
+
+
+def run_signature(loaded: LoadedVersion, signature_name: str,
+                  inputs: Mapping[str, Any], output_filter=()) -> dict[str, np.ndarray]:
+    """Validates inputs against the signature, runs it, returns numpy outputs."""
+    signature_name = signature_name or "serving_default"
+    sig, arrays = prepare_inputs(loaded, signature_name, inputs, output_filter)
+    return call_signature(sig, signature_name, arrays, output_filter)
