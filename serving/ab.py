@@ -485,10 +485,15 @@ class ABRouter:
         self.fallback_counts = {a.name: 0 for a in config.arms}
         self.request_counts = {a.name: 0 for a in config.arms}
 
-    def _call(self, arm_name: str, examples: Sequence[bytes]) -> np.ndarray:
+    def _call(self, arm_name: str, examples) -> np.ndarray:
         arm = self.config.arm(arm_name)
-        out = self.clients[arm_name].predict_examples(
-            self.config.model_name, examples, label=arm.label, timeout_s=self.timeout_s)
+        client = self.clients[arm_name]
+        if isinstance(examples, Mapping):  # columns -> predict_raw, no tf.Example to parse
+            out = client.predict_columns(self.config.model_name, examples, label=arm.label,
+                                         timeout_s=self.timeout_s)
+        else:
+            out = client.predict_examples(self.config.model_name, examples, label=arm.label,
+                                          timeout_s=self.timeout_s)
         if "probability" not in out:
             raise RoutingError(f"arm {arm_name!r} (label {arm.label}) returned no 'probability' "
                                f"output; got {sorted(out)}")
@@ -500,10 +505,14 @@ class ABRouter:
         else:
             self.log.append(event)
 
-    def rank(self, unit_id: str, examples: Sequence[bytes],
-             request_id: str | None = None) -> RankResult:
+    def rank(self, unit_id: str, examples, request_id: str | None = None) -> RankResult:
+        """Scores the candidates for `unit_id` on its arm. `examples`: serialized tf.Examples
+        (-> `serving_default`), or columns {raw feature: [candidates]} (-> `predict_raw`:
+        the server parses nothing; see `serving.client` for when that is cheaper)."""
         from serving.client import ServingClientError
 
+        n_items = (len(next(iter(examples.values()))) if examples else 0) \
+            if isinstance(examples, Mapping) else len(examples)
         request_id = request_id or uuid.uuid4().hex
         arm = assign_arm(self.config, unit_id)
         with self._lock:
@@ -516,7 +525,7 @@ class ABRouter:
             error = str(err)
             if arm == self.config.control:
                 self._emit(self._exposure(request_id, unit_id, arm, None, False, error,
-                                          start, len(examples)))
+                                          start, n_items))
                 raise RoutingError(f"control arm {arm!r} failed: {err}") from err
             with self._lock:
                 self.fallback_counts[arm] += 1
@@ -525,11 +534,11 @@ class ABRouter:
                 scores = self._call(served, examples)
             except (ServingClientError, RoutingError) as err2:
                 self._emit(self._exposure(request_id, unit_id, arm, None, True,
-                                          f"{error}; control: {err2}", start, len(examples)))
+                                          f"{error}; control: {err2}", start, n_items))
                 raise RoutingError(f"arm {arm!r} failed ({error}) and control "
                                    f"{served!r} failed too: {err2}") from err2
         event = self._exposure(request_id, unit_id, arm, served, fallback, error, start,
-                               len(examples))
+                               n_items)
         self._emit(event)
         return RankResult(request_id, str(unit_id), arm, served, scores, event["latency_ms"],
                           fallback, error)

@@ -3,6 +3,16 @@
     client = make_client("grpc://127.0.0.1:8500")      # or "http://127.0.0.1:8501"
     out = client.predict_examples("ranker", serialized_examples, label="student")
     out["probability"]  # np.ndarray [batch]
+    # Columnar tensors instead of tf.Examples (the `predict_raw` signature): one tensor per
+    # raw feature, strings as bytes/str, NaN / "" = missing as the export defines.
+    out = client.predict_columns("ranker", {"I1": [0.5, 1.0], "C1": ["a", "b"]}, label="student")
+    # Ids the client already holds (`predict_ids` of a fused export; column order from
+    # the SavedModel's `input_columns()`).
+    out = client.predict_ids("ranker", numeric=[[0.5, 1.0]], ids=[[3, 17]], label="student")
+
+Which is cheaper: a tf.Example batch is one string tensor the server parses (one parse op
+per batch); columns are one tensor per feature that need no parsing but more, smaller
+TensorProtos to build and decode (see bench/bench_input_path.py for measured costs).
 
 A model is addressed by name plus either a version number or a version label (neither:
 the latest version). Each call has a timeout; failures with a transient status
@@ -112,6 +122,23 @@ class _BaseClient:
         return self.predict(model, {"examples": list(serialized_examples)}, version=version,
                             label=label, timeout_s=timeout_s)
 
+    def predict_columns(self, model: str, columns, *, version: int | None = None,
+                        label: str | None = None, signature_name: str = "predict_raw",
+                        timeout_s: float | None = None) -> dict[str, np.ndarray]:
+        """Calls `predict_raw` (by default) with one [batch] tensor per raw feature: floats as
+        float32, integers as int64, strings as bytes (str is UTF-8 encoded)."""
+        return self.predict(model, columns_to_arrays(columns), version=version, label=label,
+                            signature_name=signature_name, timeout_s=timeout_s)
+
+    def predict_ids(self, model: str, numeric, ids, *, version: int | None = None,
+                    label: str | None = None, timeout_s: float | None = None) -> dict[str, np.ndarray]:
+        """Calls `predict_ids` (fused exports): `numeric` float32 [batch, n] raw numeric values,
+        `ids` int64 [batch, m] categorical ids, columns in the SavedModel's input_columns order."""
+        return self.predict(model, {"numeric": np.asarray(numeric, np.float32),
+                                    "ids": np.asarray(ids, np.int64)},
+                            version=version, label=label, signature_name="predict_ids",
+                            timeout_s=timeout_s)
+
     def predict(self, model, inputs, *, version=None, label=None,
                 signature_name="serving_default", timeout_s=None) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -172,12 +199,13 @@ class GrpcClient(_BaseClient):
         request = predict_pb2.PredictRequest()
         self._spec(request.model_spec, model, version, label, signature_name)
         for name, value in inputs.items():
-            arr = np.asarray(value, dtype=object) if _is_strings(value) else np.asarray(value)
-            request.inputs[name].CopyFrom(tf.make_tensor_proto(arr))
+            if not fill_tensor_proto(request.inputs[name], value):
+                arr = np.asarray(value, dtype=object) if _is_strings(value) else np.asarray(value)
+                request.inputs[name].CopyFrom(tf.make_tensor_proto(arr))
         response = self._with_retries(model, version, label,
                                       lambda t: self._rpc(self._predict.Predict, request, t),
                                       timeout_s)
-        return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+        return {k: tensor_proto_to_array(v) for k, v in response.outputs.items()}
 
     def model_status(self, model, *, version=None, label=None, timeout_s=None):
         from tensorflow_serving.apis import get_model_status_pb2
@@ -193,6 +221,60 @@ class GrpcClient(_BaseClient):
 
     def close(self):
         self._channel.close()
+
+
+_DT_FLOAT, _DT_DOUBLE, _DT_INT32, _DT_STRING, _DT_INT64 = 1, 2, 3, 7, 9
+_FAST_DTYPES = {np.dtype(np.float32): _DT_FLOAT, np.dtype(np.float64): _DT_DOUBLE,
+                np.dtype(np.int32): _DT_INT32, np.dtype(np.int64): _DT_INT64}
+
+
+def fill_tensor_proto(proto, value) -> bool:
+    """Writes `value` into a TensorProto without `tf.make_tensor_proto` (a large share of a
+    small request's client cost): numeric numpy arrays as little-endian `tensor_content`,
+    flat lists of bytes as `string_val`. Returns False for anything else (the caller uses
+    `tf.make_tensor_proto`)."""
+    if isinstance(value, np.ndarray) and value.dtype in _FAST_DTYPES:
+        proto.dtype = _FAST_DTYPES[value.dtype]
+        for d in value.shape:
+            proto.tensor_shape.dim.add().size = int(d)
+        proto.tensor_content = np.ascontiguousarray(value, value.dtype.newbyteorder("<")).tobytes()
+        return True
+    if isinstance(value, (list, tuple)) and all(type(v) is bytes for v in value):
+        proto.dtype = _DT_STRING
+        proto.tensor_shape.dim.add().size = len(value)
+        proto.string_val.extend(value)
+        return True
+    return False
+
+
+def tensor_proto_to_array(proto) -> np.ndarray:
+    """`tf.make_ndarray` for the outputs a ranker returns (float32 vectors), without TF."""
+    dims = [d.size for d in proto.tensor_shape.dim]
+    if proto.dtype == _DT_FLOAT and not proto.tensor_content and (
+            len(proto.float_val) == int(np.prod(dims))):
+        return np.asarray(proto.float_val, np.float32).reshape(dims)
+    if proto.dtype == _DT_FLOAT and proto.tensor_content:
+        return np.frombuffer(proto.tensor_content, "<f4").reshape(dims).astype(np.float32)
+    import tensorflow as tf
+
+    return tf.make_ndarray(proto)
+
+
+def columns_to_arrays(columns) -> dict:
+    """name -> values: floats float32, integers int64, strings a list of bytes."""
+    out = {}
+    for name, value in columns.items():
+        if _is_strings(value):
+            flat = np.asarray(value, dtype=object).reshape(-1)
+            out[name] = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in flat]
+            continue
+        arr = np.asarray(value)
+        if arr.dtype.kind == "f":
+            arr = arr.astype(np.float32, copy=False)
+        elif arr.dtype.kind in "iub":
+            arr = arr.astype(np.int64, copy=False)
+        out[name] = arr
+    return out
 
 
 def _is_strings(value) -> bool:
