@@ -45,6 +45,7 @@ def run(data, base: RankerConfig, settings: quality.TrainSettings, seeds: int, a
     out = {arm: [] for arm in arms}
     for seed in range(seed_offset, seed_offset + seeds):
         def ds(seed=seed):
+            tf.random.set_seed(seed)  # the shuffle order depends on the global seed too
             return table_to_dataset(data.train, data.features, batch_size=settings.batch_size,
                                     shuffle_seed=seed, repeat=True)
 

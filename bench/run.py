@@ -86,6 +86,11 @@ def run_quality(data, base: RankerConfig, settings: quality.TrainSettings, seeds
             # A fresh dataset per arm: every arm of a seed sees the same batches in the same order
             # (iterating one seeded dataset twice would reshuffle), so arms are paired.
             def train_ds(seed=seed):
+                import tensorflow as tf
+
+                # tf.data combines the op seed with the global seed: pin both, else the order
+                # depends on which arm ran before.
+                tf.random.set_seed(seed)
                 return table_to_dataset(data.train, data.features, batch_size=settings.batch_size,
                                         shuffle_seed=seed, repeat=True)
 
