@@ -16,10 +16,15 @@ from pipelines.config import PipelineConfig
 from pipelines.pipeline import create_pipeline
 
 CONFIG = json.loads({config_json!r})
+# Each run reads the newest span under data_root, whatever its logical date, so there is
+# nothing to backfill (catchup=False) and runs never overlap (one SQLite MLMD, and the
+# Trainer warm-starts from the previous run's model).
 _airflow_config = {{"schedule_interval": {schedule!r},
-                   "start_date": datetime.datetime(2025, 1, 1)}}
+                   "start_date": datetime.datetime(2025, 1, 1),
+                   "catchup": False,
+                   "max_active_runs": 1}}
 DAG = AirflowDagRunner(AirflowPipelineConfig(_airflow_config)).run(
-    create_pipeline(PipelineConfig.from_dict(CONFIG)))
+    create_pipeline(PipelineConfig.from_dict(CONFIG), orchestrator="airflow"))
 '''
 
 

@@ -13,7 +13,9 @@ Trainer model to the Trainer instead of the previous-span resolver. Kubeflow Pip
 Vertex can only compile TFX's built-in LatestArtifact / LatestBlessedModel resolvers (their
 queries filter by artifact type alone, so they would hand the Trainer an extracted student
 or another pipeline's model), so for `orchestrator="kfp_v2"` the custom resolver is left
-out and warm start there is the Importer or nothing.
+out and warm start there is the Importer or nothing. `orchestrator="airflow"` (the DAG file
+`pipelines.compile` writes) keeps the resolver and gives the components the drivers TFX's
+legacy launcher needs (`pipelines.airflow_support`).
 """
 from __future__ import annotations
 
@@ -39,6 +41,11 @@ def eval_config(label: str, min_auc: float):
         ])])
 
 
+# local: LocalDagRunner; airflow: AirflowDagRunner (TFX's legacy launcher, same resolver);
+# kfp_v2: KubeflowV2DagRunner / Vertex (no custom resolver).
+ORCHESTRATORS = ("local", "airflow", "kfp_v2")
+
+
 def warm_start_node(config: PipelineConfig, examples, orchestrator: str = "local"):
     """The node whose `model` output is the Trainer's `base_model`, or None (cold start)."""
     from tfx import v1 as tfx
@@ -51,8 +58,8 @@ def warm_start_node(config: PipelineConfig, examples, orchestrator: str = "local
                                 output_key="model").with_id("warm_start_model")
     if orchestrator == "kfp_v2":
         return None
-    if orchestrator != "local":
-        raise ValueError(f"unknown orchestrator {orchestrator!r}: use 'local' or 'kfp_v2'")
+    if orchestrator not in ORCHESTRATORS:
+        raise ValueError(f"unknown orchestrator {orchestrator!r}: use one of {ORCHESTRATORS}")
     return tfx.dsl.Resolver(
         strategy_class=PreviousSpanModelStrategy, examples=examples,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
@@ -66,6 +73,8 @@ def create_components(config: PipelineConfig, orchestrator: str = "local") -> li
     from components.example_gen import ClickLogExampleGen
     from components.student_extractor import StudentExtractor, arm_output_key
     from components.transform_module import transform_custom_config
+    if orchestrator not in ORCHESTRATORS:
+        raise ValueError(f"unknown orchestrator {orchestrator!r}: use one of {ORCHESTRATORS}")
     schema = logschema.load_log_schema(config.log_schema)
     example_gen = ClickLogExampleGen(
         input_base=config.data_root, log_schema=schema, input_pattern=config.input_pattern,
@@ -114,6 +123,10 @@ def create_components(config: PipelineConfig, orchestrator: str = "local") -> li
                     base_directory=os.path.join(config.serving_dir, f"{config.model_name}_{arm}"))),
         ).with_id(f"Pusher_{arm}")
         components += [evaluator, pusher]
+    if orchestrator == "airflow":
+        from pipelines.airflow_support import use_legacy_drivers
+
+        use_legacy_drivers(components)  # TFX's legacy launcher; see airflow_support
     return components
 
 

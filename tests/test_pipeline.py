@@ -359,47 +359,7 @@ def test_compile_rejects_unknown_runner(tmp_path):
         compile_pipeline(cfg, "argo", str(tmp_path / "x"))
 
 
-def test_compile_airflow_dag_file(tmp_path):
-    """The generated DAG file imports under real Apache Airflow 2 and holds every component.
-
-    Airflow runs from the overlay venv `make setup` builds (bin/lock-airflow explains why it
-    cannot share the project's lock), in a subprocess, as Airflow's scheduler would load it.
-    """
-    import ast
-    import json
-    import subprocess
-
-    from pipelines.compile import compile_pipeline
-    from pipelines.pipeline import create_pipeline
-
-    cfg, _ = tiny_config(tmp_path)
-    out = compile_pipeline(cfg, "airflow", str(tmp_path / "dag.py"), schedule="@daily")
-    tree = ast.parse(open(out).read())
-    assert any(isinstance(n, ast.Assign) and n.targets[0].id == "DAG" for n in tree.body)
-
-    airflow_python = os.environ.get("MATTA_AIRFLOW_PYTHON", "")
-    if not os.path.exists(airflow_python):
-        # CI runs through bin/matta-env after `make setup`, which always builds the overlay:
-        # there a missing overlay is a broken setup, not a reason to skip.
-        assert not os.environ.get("CI"), f"CI without the Airflow overlay ({airflow_python!r})"
-        pytest.skip("no Airflow overlay venv (MATTA_AIRFLOW_PYTHON unset or missing: run the "
-                    "tests through bin/matta-env after `make setup`), so the DAG is only parsed")
-    probe = ("import json, runpy, sys, airflow\n"
-             "dag = runpy.run_path(sys.argv[1])['DAG']\n"
-             "print(json.dumps({'airflow': airflow.__version__, 'dag_id': dag.dag_id,\n"
-             "                  'tasks': sorted(dag.task_ids),\n"
-             "                  'schedule': str(dag.schedule_interval)}))\n")
-    env = dict(os.environ, AIRFLOW_HOME=str(tmp_path / "airflow_home"),
-               AIRFLOW__CORE__LOAD_EXAMPLES="False")
-    proc = subprocess.run([airflow_python, "-c", probe, out], capture_output=True, text=True,
-                          env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert got["airflow"].startswith("2.")  # TFX 1.21's AirflowDagRunner needs Airflow < 3
-    assert got["dag_id"] == cfg.name
-    assert got["schedule"] == "@daily"
-    expected = sorted(c.id for c in create_pipeline(cfg).components)
-    assert got["tasks"] == expected
+# The Airflow DAG tests live in tests/test_airflow.py.
 
 
 def test_data_summary_and_html_views_come_from_the_newest_run(runs, tmp_path):
