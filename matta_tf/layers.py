@@ -209,7 +209,9 @@ class NestedEmbedding(tf.keras.layers.Layer):
         if not 0 < d <= self.output_dim:
             raise ValueError(f"{self.name}: output_dim {d} not in [1, {self.output_dim}]")
         # Gather full rows then slice: the gradient is an IndexedSlices over the touched rows.
-        return tf.gather(self.embeddings, tf.cast(ids, tf.int64))[:, :d]
+        # embedding_lookup, not tf.gather: on a table sharded over parameter servers
+        # (ShardedVariable) tf.gather returns the rows grouped by shard, not in id order.
+        return tf.nn.embedding_lookup(self.embeddings, tf.cast(ids, tf.int64))[:, :d]
 
     def get_config(self):
         config = {"input_dim": self.input_dim, "output_dim": self.output_dim,
