@@ -71,12 +71,19 @@ def distillation_loss(student_logits, target_logits, temperature: float):
     return t * t * tf.nn.sigmoid_cross_entropy_with_logits(labels=soft_target, logits=student_logits / t)
 
 
-def masked_mean(values, mask):
+def masked_mean(values, mask, count=None):
     """Mean of `values` over rows where `mask`; 0 if no row is selected. Masked-out rows
-    are replaced (not multiplied) by zero, so NaN/inf there cannot leak into the sum."""
+    are replaced (not multiplied) by zero, so NaN/inf there cannot leak into the sum.
+    `count`: the denominator, if not the number of selected rows (see `matta_loss_terms`)."""
     values = tf.where(mask, values, tf.zeros_like(values))
-    count = tf.reduce_sum(tf.cast(mask, values.dtype))
+    if count is None:
+        count = tf.reduce_sum(tf.cast(mask, values.dtype))
     return tf.math.divide_no_nan(tf.reduce_sum(values), count)
+
+
+def row_mean(values, rows=None):
+    """Mean of `values` over the batch, or their sum over `rows` if given."""
+    return tf.reduce_mean(values) if rows is None else tf.reduce_sum(values) / rows
 
 
 def teacher_mask_and_logits(features: dict, batch_size, dtype=tf.float32):
@@ -101,29 +108,35 @@ def warmup_ramp(step, warmup_steps: int):
 
 
 def matta_loss_terms(labels, student, ta, teacher, has_teacher, ramp, weights, temperature,
-                     mixnmatch=None):
+                     mixnmatch=None, rows=None, teacher_rows=None):
     """All terms of the MatTA loss (unweighted means) and the weighted total `loss`.
 
     `mixnmatch`: None, the logits of one sampled Mix'n'Match size (terms `mixnmatch_bce`,
     `teacher_kd_mixnmatch`, `ta_kd_mixnmatch`), or a dict {name: logits} of sizes that
     are all trained (terms `<name>_bce`, `teacher_kd_<name>`, `ta_kd_<name>` each, each
     size weighted `weights.mixnmatch`; the `mixnmatch_*` terms are then their means).
-    A Mix'n'Match size's terms are weighted like the Student's, times `weights.mixnmatch`."""
+    A Mix'n'Match size's terms are weighted like the Student's, times `weights.mixnmatch`.
+
+    `rows` / `teacher_rows`: denominators of the row means / teacher means instead of this
+    batch's counts. Under a distribution strategy with N replicas in sync they are the
+    global batch's counts / N, so that the replicas' gradients (summed, each scaled by
+    1/N) are those of the global batch's means even when the replicas' shares of the
+    batch hold different numbers of rows with a teacher."""
     terms = {
-        "student_bce": tf.reduce_mean(binary_cross_entropy(student, labels)),
-        "ta_bce": tf.reduce_mean(binary_cross_entropy(ta, labels)),
-        "teacher_kd_student": masked_mean(distillation_loss(student, teacher, temperature), has_teacher),
-        "teacher_kd_ta": masked_mean(distillation_loss(ta, teacher, temperature), has_teacher),
-        "ta_kd_student": tf.reduce_mean(distillation_loss(student, tf.stop_gradient(ta), temperature)),
+        "student_bce": row_mean(binary_cross_entropy(student, labels), rows),
+        "ta_bce": row_mean(binary_cross_entropy(ta, labels), rows),
+        "teacher_kd_student": masked_mean(distillation_loss(student, teacher, temperature), has_teacher, teacher_rows),
+        "teacher_kd_ta": masked_mean(distillation_loss(ta, teacher, temperature), has_teacher, teacher_rows),
+        "ta_kd_student": row_mean(distillation_loss(student, tf.stop_gradient(ta), temperature), rows),
     }
     total = (weights.student * terms["student_bce"] + weights.ta * terms["ta_bce"]
              + weights.teacher * (terms["teacher_kd_student"] + terms["teacher_kd_ta"])
              + weights.ta_to_student * ramp * terms["ta_kd_student"])
     if isinstance(mixnmatch, dict):
         for name, logits in mixnmatch.items():
-            terms[f"{name}_bce"] = tf.reduce_mean(binary_cross_entropy(logits, labels))
-            terms[f"teacher_kd_{name}"] = masked_mean(distillation_loss(logits, teacher, temperature), has_teacher)
-            terms[f"ta_kd_{name}"] = tf.reduce_mean(distillation_loss(logits, tf.stop_gradient(ta), temperature))
+            terms[f"{name}_bce"] = row_mean(binary_cross_entropy(logits, labels), rows)
+            terms[f"teacher_kd_{name}"] = masked_mean(distillation_loss(logits, teacher, temperature), has_teacher, teacher_rows)
+            terms[f"ta_kd_{name}"] = row_mean(distillation_loss(logits, tf.stop_gradient(ta), temperature), rows)
             total += weights.mixnmatch * (weights.student * terms[f"{name}_bce"]
                                           + weights.teacher * terms[f"teacher_kd_{name}"]
                                           + weights.ta_to_student * ramp * terms[f"ta_kd_{name}"])
@@ -132,11 +145,11 @@ def matta_loss_terms(labels, student, ta, teacher, has_teacher, ramp, weights, t
                 key = f"{prefix}mixnmatch{suffix}"
                 terms[key] = tf.add_n([terms[f"{prefix}{n}{suffix}"] for n in mixnmatch]) / len(mixnmatch)
     elif mixnmatch is not None:
-        terms["mixnmatch_bce"] = tf.reduce_mean(binary_cross_entropy(mixnmatch, labels))
+        terms["mixnmatch_bce"] = row_mean(binary_cross_entropy(mixnmatch, labels), rows)
         terms["teacher_kd_mixnmatch"] = masked_mean(
-            distillation_loss(mixnmatch, teacher, temperature), has_teacher)
-        terms["ta_kd_mixnmatch"] = tf.reduce_mean(
-            distillation_loss(mixnmatch, tf.stop_gradient(ta), temperature))
+            distillation_loss(mixnmatch, teacher, temperature), has_teacher, teacher_rows)
+        terms["ta_kd_mixnmatch"] = row_mean(
+            distillation_loss(mixnmatch, tf.stop_gradient(ta), temperature), rows)
         total += weights.mixnmatch * (weights.student * terms["mixnmatch_bce"]
                                       + weights.teacher * terms["teacher_kd_mixnmatch"]
                                       + weights.ta_to_student * ramp * terms["ta_kd_mixnmatch"])
@@ -343,7 +356,9 @@ class MatTARanker(tf.keras.Model):
                 and self.config.mixnmatch_training == "sampled"):
             # Student and TA too close for distinct intermediates: sample between the ends.
             self.train_mixnmatch_specs = [self.config.student, self.config.ta]
-        self._seed_generator = tf.random.Generator.from_seed(self.config.seed)
+        # Keras fit reduces train_step's outputs over replicas with "sum" by default, but
+        # they are metric results already aggregated over replicas: report the first.
+        self.distribute_reduction_method = "first"
         names = ["loss", "student_bce", "ta_bce", "teacher_kd_student", "teacher_kd_ta", "ta_kd_student"]
         if self.train_mixnmatch_specs:
             names += ["mixnmatch_bce", "teacher_kd_mixnmatch", "ta_kd_mixnmatch"]
@@ -392,14 +407,34 @@ class MatTARanker(tf.keras.Model):
         if self.all_mixnmatch_specs:
             mixnmatch = {name: self.network.logits_at(encoded, s) for name, s in self.all_mixnmatch_specs.items()}
         elif training and self.train_mixnmatch_specs and self.config.loss_weights.mixnmatch > 0:
-            index = self._seed_generator.uniform([], 0, len(self.train_mixnmatch_specs), dtype=tf.int32)
+            # One size per step for the whole (global) batch: a stateless draw keyed by
+            # (seed, step) is the same on every replica and worker, and after a restart.
+            seed = tf.stack([tf.constant(self.config.seed, tf.int64),
+                             tf.cast(self._distillation_step(), tf.int64)])
+            index = tf.random.stateless_uniform([], seed, 0, len(self.train_mixnmatch_specs), dtype=tf.int32)
             branches = [lambda s=s: self.network.logits_at(encoded, s) for s in self.train_mixnmatch_specs]
             mixnmatch = tf.switch_case(index, branches)
         has_teacher, teacher = teacher_mask_and_logits(features, tf.shape(labels)[0])
         ramp = warmup_ramp(self._distillation_step(), self.config.warmup_steps)
+        rows, teacher_rows = self._replica_counts(labels, has_teacher)
         terms = matta_loss_terms(labels, student, ta, teacher, has_teacher, ramp,
-                                 self.config.loss_weights, self.config.temperature, mixnmatch)
+                                 self.config.loss_weights, self.config.temperature, mixnmatch,
+                                 rows=rows, teacher_rows=teacher_rows)
         return labels, {"student": student, "ta": ta}, terms
+
+    @staticmethod
+    def _replica_counts(labels, has_teacher):
+        """(rows, rows with a teacher) of the global batch / replicas in sync, or (None,
+        None) with one replica (see `matta_loss_terms`: the per-replica means then add up
+        to the global batch's)."""
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        context = tf.distribute.get_replica_context()
+        if replicas == 1 or context is None:
+            return None, None
+        local = tf.stack([tf.cast(tf.size(labels), tf.float32),
+                          tf.reduce_sum(tf.cast(has_teacher, tf.float32))])
+        total = context.all_reduce(tf.distribute.ReduceOp.SUM, local) / replicas
+        return total[0], total[1]
 
     def _update_metrics(self, labels, logits, terms):
         for name, tracker in self.loss_trackers.items():
