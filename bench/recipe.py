@@ -525,14 +525,18 @@ def ta_shapes(student):
     }
 
 
-def stage_ta_shape(setup: Setup, optimizer: str, seeds: int, params: dict, lr: float | None, out_path: str) -> dict:
-    """EVAL, `seeds` seeds: the MatTA recipe with each TA of `ta_shapes`; Student eval metrics
+def stage_ta_shape(setup: Setup, optimizer: str, seeds: int, params: dict, lr: float | None, out_path: str,
+                   split: str = "eval") -> dict:
+    """`split` "eval" (train on train, measure on eval) or "validation" (fit / validation
+    split), `seeds` seeds: the MatTA recipe with each TA of `ta_shapes`; Student metrics
     (and the TA's and mix_1's) per TA shape."""
     from matta_tf.extract import cost
 
-    runner = Runner(setup, setup.data.train, setup.data.eval)
+    runner = (Runner(setup, setup.data.train, setup.data.eval) if split == "eval"
+              else Runner(setup, *split_valid(setup.data)))
     result = _read(out_path) or {}
-    result.update({"optimizer": optimizer, "params": params, "lr": lr, "steps": setup.settings.steps})
+    result.update({"optimizer": optimizer, "params": params, "lr": lr, "steps": setup.settings.steps,
+                   "split": split})
     shapes = result.setdefault("shapes", {})
     runs = result.setdefault("runs", [])
     done = {(r["seed"], r["shape"]) for r in runs}
@@ -624,6 +628,7 @@ def markdown(data_dir: str, header: dict) -> str:
         lines += _ft_search_lines(_read(os.path.join(data_dir, f"finetune_search_{opt}.json")), header)
         lines += _ft_final_lines(_read(os.path.join(data_dir, f"finetune_{opt}.json")), header)
     for opt in ("adam", "shampoo"):
+        lines += _ta_shape_lines(_read(os.path.join(data_dir, f"tashape_val_{opt}.json")))
         lines += _ta_shape_lines(_read(os.path.join(data_dir, f"tashape_{opt}.json")))
     return "\n".join(lines)
 
@@ -737,7 +742,7 @@ def _ta_shape_lines(res) -> list[str]:
         return []
     seeds = sorted({r["seed"] for r in res["runs"]})
     lines = [f"### Open question 2: wider vs deeper vs larger-embedding TA ({res['optimizer']}, lr {res['lr']:g}; "
-             f"eval; {len(seeds)} seeds; mean ± std; {res['steps']} steps; recipe {json.dumps(res['params'])})", "",
+             f"{res.get('split', 'eval')}; {len(seeds)} seed(s); mean ± std; {res['steps']} steps; recipe {json.dumps(res['params'])})", "",
              "| TA | TA spec | TA params | TA madds | Student AUC | Student LL | mix_1 AUC | TA AUC |",
              "|---|---|---|---|---|---|---|---|"]
     for name, sh in res["shapes"].items():
@@ -810,6 +815,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tuned-lr", action="store_true",
                         help="final stage: every arm at its lr tuned on validation by --stage lr")
     parser.add_argument("--shape-seeds", type=int, default=2, help="tashape stage seeds")
+    parser.add_argument("--ta-shape", help="replace the config's TA by ta_shapes()[NAME] (wider, deeper, ...)")
     args = parser.parse_args(argv)
 
     stages = {"timing", "search", "final"} if args.stage == "all" else set(args.stage.split(","))
@@ -817,6 +823,8 @@ def main(argv=None) -> int:
     log(f"recipe: {data.name}: {data.train.num_rows} train / {data.eval.num_rows} eval rows; teacher {data.teacher}")
     base = RankerConfig.from_yaml(args.config)
     base = RankerConfig.from_dict({**base.to_dict(), "features": data.features.to_dict(), "ta_expansion": None})
+    if args.ta_shape:  # a TA of `ta_shapes` instead of the config's (stage final: use with --tag)
+        base = dataclasses.replace(base, ta=ta_shapes(base.student)[args.ta_shape])
     settings = quality.TrainSettings(steps=args.steps, batch_size=args.batch_size, adam_lr=args.lr,
                                      shampoo_lr=args.lr, warmup_steps=args.steps // 4)
     setup = Setup(data=data, base=base, settings=settings, mix_sizes=args.mix_sizes)
@@ -845,7 +853,7 @@ def main(argv=None) -> int:
         if "lr" in stages:
             stage_lr(setup, opt, params, search["kd"], lr_path)
         tuned = (_read(lr_path) or {}).get("best")
-        if (args.tuned_lr or stages & {"ftsearch", "ftfinal", "tashape"}) and not tuned:
+        if (args.tuned_lr or stages & {"ftsearch", "ftfinal", "tashape", "tashapeval"}) and not tuned:
             raise SystemExit(f"run --stage lr --optimizers {opt} first (no {lr_path})")
         lrs = tuned if args.tuned_lr else None
         if "final" in stages:
@@ -861,6 +869,9 @@ def main(argv=None) -> int:
         if "tashape" in stages:
             stage_ta_shape(setup, opt, args.shape_seeds, params, tuned["matta"],
                            os.path.join(data_dir, f"tashape_{opt}.json"))
+        if "tashapeval" in stages:
+            stage_ta_shape(setup, opt, 1, params, tuned["matta"],
+                           os.path.join(data_dir, f"tashape_val_{opt}.json"), split="validation")
     md = markdown(data_dir, header)
     notes = os.path.join(data_dir, "notes.md")  # hand-written reading of the numbers, if any
     if os.path.exists(notes):
