@@ -2,12 +2,17 @@
 ENV := bin/matta-env
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint demo bench bench-smoke lock clean
+.PHONY: setup test test-airflow lint demo bench bench-smoke lock clean
 setup:
 	bin/setup-env
 
 test:
 	$(ENV) python -m pytest $(PYTEST_ARGS)
+
+# The compiled Airflow DAG run end to end by real Airflow 2 on two spans, with `matta serve`
+# picking up the pushed versions (minutes long, so `make test` skips it).
+test-airflow:
+	MATTA_AIRFLOW_E2E=1 $(ENV) python -m pytest tests/test_airflow.py $(PYTEST_ARGS)
 
 lint:
 	$(ENV) ruff check matta_tf components pipelines serving bench tests
