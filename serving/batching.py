@@ -171,7 +171,8 @@ class BatchScheduler:
             if batch is not None and batch.size + batch_size > limit:
                 batch.closed = True
                 batch = None
-            if batch is None:
+            new = batch is None
+            if new:
                 if len(queue) >= self.options.max_enqueued_batches:
                     self.stats["refused_full"] += 1
                     raise ServingError("UNAVAILABLE", "The batch scheduling queue to which this "
@@ -182,7 +183,8 @@ class BatchScheduler:
             batch.size += batch_size
             if batch.size >= limit:
                 batch.closed = True
-            self._cv.notify()
+            if new or batch.closed:  # a batch thread needs a new deadline or can run it now
+                self._cv.notify()
         if not task.done.wait(timeout):
             raise ServingError("DEADLINE_EXCEEDED", "batch did not run in time")
         if task.error is not None:

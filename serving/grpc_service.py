@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from serving.signatures import tensor_proto
 from serving.status import ServingError
 
 if TYPE_CHECKING:
@@ -47,7 +48,6 @@ class PredictionServicer(_PredictionBase):
         self.core = core
 
     def Predict(self, request, context):
-        import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
 
         try:
@@ -57,7 +57,7 @@ class PredictionServicer(_PredictionBase):
             response.model_spec.version.value = loaded.version
             response.model_spec.signature_name = signature_name
             for k, v in outputs.items():
-                response.outputs[k].CopyFrom(tf.make_tensor_proto(v))
+                response.outputs[k].CopyFrom(tensor_proto(v))
             return response
         except ServingError as err:
             error = err

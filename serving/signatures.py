@@ -17,6 +17,26 @@ _TF_DTYPE_TO_NUMPY = {
 }
 
 
+_FAST_PROTO_DTYPES = {np.dtype(np.float32): 1, np.dtype(np.float64): 2, np.dtype(np.int32): 3,
+                      np.dtype(np.int64): 9}
+
+
+def tensor_proto(value: np.ndarray):
+    """`tf.make_tensor_proto(value)` for numeric numpy arrays, built directly (little-endian
+    `tensor_content`): a few microseconds instead of ~10 per output of every response."""
+    if isinstance(value, np.ndarray) and value.dtype in _FAST_PROTO_DTYPES:
+        from tensorflow.core.framework import tensor_pb2
+
+        proto = tensor_pb2.TensorProto(dtype=_FAST_PROTO_DTYPES[value.dtype])
+        for d in value.shape:
+            proto.tensor_shape.dim.add().size = int(d)
+        proto.tensor_content = np.ascontiguousarray(value, value.dtype.newbyteorder("<")).tobytes()
+        return proto
+    import tensorflow as tf
+
+    return tf.make_tensor_proto(value)
+
+
 def _coerce_input(name: str, value: Any, spec) -> np.ndarray:
     """Checks one input against the signature's TensorSpec; INVALID_ARGUMENT on mismatch."""
     dtype = spec.dtype.name

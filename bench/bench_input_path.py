@@ -1,0 +1,313 @@
+"""In-process serving cost of exported students: per-feature vs fused input path, and where
+the time goes (parse / feature transform / lookups / model / overhead).
+
+    bin/matta-env python bench/bench_input_path.py --pipeline-root /work/demo-check/pipeline \
+        [--rounds 12] [--out bench/results/input_path.json]
+
+From a finished pipeline run (`matta demo` / `matta pipeline run`) it takes the Trainer's
+model, the Transform graph and the eval split, extracts every arm (`student`, `mix_1`,
+`ta`) and exports each twice into a temporary folder, exactly as the StudentExtractor
+does: `input_path="per_feature"` (the export before the fused path existed) and
+`input_path="fused"`. Then, in this process, on the same eval tf.Examples:
+
+* equality: max |logit difference| between the two exports, serving_default and predict_raw;
+* latency: `loaded.signatures[...]` calls, p50 (and p90) over interleaved rounds (every
+  candidate runs `--calls` calls per round, rounds alternate candidates so machine load
+  hits all alike), plus process CPU milliseconds per call; serving_default at batch 1 / 64
+  / 512, predict_raw and predict_ids at 64 / 512;
+* split: tf.functions running growing prefixes of each input path, timed the same way;
+  the cost of a piece is the difference of consecutive prefixes:
+    overhead   a signature call that returns at once (Python + runtime dispatch)
+    parse      ParseExampleV2 (+ densifying missing values)
+    transform  numeric transform (TFT z-score, the model's normalisation)
+    lookups    categorical values -> embedding rows (vocabularies, OOV hashing)
+    model      embedding gather + cross/MLP/logit (the part that grows with size)
+
+The per-feature split uses the export's own pieces: parse (VarLen), the TFT layer
+(transform + lookups together, one op chain per feature), the model (its per-feature
+preprocessing and gathers, then the network). Timings are medians on a shared machine:
+the load average is recorded at start and end.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+import matta_tf  # noqa: F401  (before TensorFlow)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+ARMS = ("student", "mix_1", "ta")
+NON_FEATURES = ("label", "impression_id", "timestamp", "teacher_logit", "has_teacher")
+
+
+def latest(pattern: str) -> str:
+    found = sorted(glob.glob(pattern), key=lambda p: int(os.path.basename(p)))
+    if not found:
+        raise SystemExit(f"nothing matches {pattern}")
+    return found[-1]
+
+
+def load_pipeline(root: str, count: int):
+    """(trained MatTARanker, TFTransformOutput, eval tf.Examples without non-features)."""
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    from components import trainer_module
+
+    model, _ = trainer_module.load_trained(
+        os.path.join(latest(os.path.join(root, "Trainer", "model", "*")), "Format-Serving"))
+    tft_output = tft.TFTransformOutput(latest(os.path.join(root, "Transform", "transform_graph", "*")))
+    split = os.path.join(latest(os.path.join(root, "ClickLogExampleGen", "examples", "*")), "Split-eval")
+    files = sorted(f for f in glob.glob(os.path.join(split, "*")) if os.path.isfile(f))
+    examples = []
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP").take(count):
+        ex = tf.train.Example.FromString(record.numpy())
+        for name in NON_FEATURES:
+            if name in ex.features.feature:
+                del ex.features.feature[name]
+        examples.append(ex.SerializeToString())
+    return model, tft_output, examples
+
+
+def timed(candidates: dict, rounds: int, calls: int, warmup: int = 20) -> dict:
+    """name -> {"p50_ms", "p90_ms", "cpu_ms"}: interleaved rounds of `calls` calls each."""
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    walls = {k: [] for k in candidates}
+    cpus = {k: [] for k in candidates}
+    for r in range(rounds):
+        names = list(candidates) if r % 2 == 0 else list(reversed(candidates))
+        for name in names:
+            fn = candidates[name]
+            c0 = time.process_time()
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                fn()
+                walls[name].append(time.perf_counter() - t0)
+            cpus[name].append((time.process_time() - c0) / calls)
+    return {k: {"p50_ms": float(np.median(walls[k]) * 1e3),
+                "p90_ms": float(np.percentile(walls[k], 90) * 1e3),
+                "cpu_ms": float(np.median(cpus[k]) * 1e3)} for k in candidates}
+
+
+def fused_pieces(module, examples_t):
+    """Growing prefixes of the fused path as tf.functions on the same examples."""
+    import tensorflow as tf
+
+    enc = module.encoder
+    net = module._network.value
+
+    def scalar(*tensors):
+        out = [tf.reduce_sum(tf.cast(t, tf.float32)) for t in tf.nest.flatten(tensors)
+               if t is not None and t.dtype != tf.string]
+        return tf.add_n(out) if out else tf.constant(0.0)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def overhead(x):
+        return {"logit": tf.zeros(tf.shape(x), tf.float32)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def parse(x):
+        numeric, strings, ints = enc.parse(x)
+        return scalar(numeric, ints, *(strings or ()))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def transform(x):
+        numeric, strings, ints = enc.parse(x)
+        return scalar(enc.transform_numeric(numeric), ints, *(strings or ()))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def lookups(x):
+        numeric, strings, ints = enc.parse(x)
+        return scalar(enc.transform_numeric(numeric), enc.rows(strings, ints))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def full(x):
+        numeric, strings, ints = enc.parse(x)
+        encoded = (enc.transform_numeric(numeric), enc.embed(enc.rows(strings, ints)))
+        return {"logit": net.logits_at(encoded, net.max_spec)}
+
+    return {name: (lambda f=f: f(examples_t)) for name, f in
+            [("overhead", overhead), ("parse", parse), ("transform", transform),
+             ("lookups", lookups), ("model", full)]}
+
+
+def per_feature_pieces(module, examples_t):
+    import tensorflow as tf
+
+    def scalar(tensors):
+        out = []
+        for t in tf.nest.flatten(tensors, expand_composites=True):
+            if t.dtype == tf.string:
+                continue
+            out.append(tf.reduce_sum(tf.cast(t, tf.float32)))
+        return tf.add_n(out)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def overhead(x):
+        return {"logit": tf.zeros(tf.shape(x), tf.float32)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def parse(x):
+        parsed = tf.io.parse_example(x, module.parse_spec)
+        return scalar({k: v for k, v in parsed.items()}) + tf.cast(
+            tf.add_n([tf.size(v.values) for v in parsed.values() if v.dtype == tf.string]), tf.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def tft_layer(x):
+        return scalar(module.preprocess(tf.io.parse_example(x, module.parse_spec)))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def full(x):
+        return module._serve_examples(x)
+
+    return {name: (lambda f=f: f(examples_t)) for name, f in
+            [("overhead", overhead), ("parse", parse), ("transform+lookups", tft_layer),
+             ("model", full)]}
+
+
+def split_from(prefix_times: dict) -> dict:
+    names = list(prefix_times)
+    out, before = {}, 0.0
+    for name in names:
+        t = prefix_times[name]["cpu_ms"]
+        out[name] = max(0.0, t - before) if name != "overhead" else t
+        before = t
+    out["total"] = prefix_times[names[-1]]["cpu_ms"]
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pipeline-root", required=True,
+                        help="a finished pipeline run's pipeline_root (e.g. <demo root>/pipeline)")
+    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--calls", type=int, default=25, help="calls per candidate per round")
+    parser.add_argument("--examples", type=int, default=512)
+    parser.add_argument("--out", default=os.path.join(REPO, "bench", "results", "input_path.json"))
+    args = parser.parse_args(argv)
+
+    import tensorflow as tf
+
+    from components.student_extractor import arm_specs, serving_parse_spec
+    from matta_tf import export as E
+    from matta_tf.extract import cost, extract
+
+    t_start = time.time()
+    load_start = os.getloadavg()
+    model, tft_output, examples = load_pipeline(args.pipeline_root, args.examples)
+    if len(examples) < 512:
+        examples = [examples[i % len(examples)] for i in range(512)]
+    parse_spec = serving_parse_spec(tft_output)
+    arms = args.arms.split(",")
+    specs = arm_specs(model.config, arms, 1)
+    root = tempfile.mkdtemp(prefix="matta-bench-input-path-")
+    report = {"command": "bin/matta-env python bench/bench_input_path.py " + " ".join(argv or sys.argv[1:]),
+              "arms": {}, "settings": vars(args)}
+    loaded, modules = {}, {}
+    for arm in arms:
+        standalone = extract(model, specs[arm], name=arm)
+        info = {"spec": specs[arm].to_dict(), **cost(model.config, specs[arm])}
+        for path in ("per_feature", "fused"):
+            export_dir = os.path.join(root, f"{arm}_{path}")
+            t0 = time.time()
+            E.export_saved_model(standalone, export_dir, parse_spec,
+                                 preprocess=tft_output.transform_features_layer(),
+                                 tft_output=tft_output, input_path=path, check_examples=examples[:64])
+            info[f"{path}_export_s"] = round(time.time() - t0, 1)
+            info[f"{path}_saved_model_bytes"] = sum(
+                os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(export_dir) for f in fs)
+            loaded[(arm, path)] = tf.saved_model.load(export_dir)
+        ref = E.RankerServingModule(standalone, parse_spec, tft_output.transform_features_layer())
+        plan = E.make_plan(standalone, parse_spec, ref.preprocess, tft_output)
+        modules[arm] = (ref, E.FusedRankerServingModule(standalone, plan, ref.parse_spec))
+        # Equality of the two SavedModels on the eval examples (and their columns).
+        x = tf.constant(examples)
+        a = loaded[(arm, "per_feature")].signatures["serving_default"](examples=x)["logit"].numpy()
+        b = loaded[(arm, "fused")].signatures["serving_default"](examples=x)["logit"].numpy()
+        parsed = tf.io.parse_example(x, ref.parse_spec)
+        raw = {k: tf.sparse.to_dense(v, default_value="" if v.dtype == tf.string else 0)[:, 0]
+               if v.dense_shape[1] > 0 else tf.zeros([len(examples)], v.dtype)
+               for k, v in parsed.items()}
+        ra = loaded[(arm, "per_feature")].signatures["predict_raw"](**raw)["logit"].numpy()
+        rb = loaded[(arm, "fused")].signatures["predict_raw"](**raw)["logit"].numpy()
+        info["max_abs_diff"] = {"serving_default": float(np.max(np.abs(a - b))),
+                                "predict_raw": float(np.max(np.abs(ra - rb))),
+                                "rows": len(examples)}
+        report["arms"][arm] = info
+        print(f"{arm}: exported both ways; max |diff| serving_default "
+              f"{info['max_abs_diff']['serving_default']:.2e}, predict_raw "
+              f"{info['max_abs_diff']['predict_raw']:.2e}", flush=True)
+
+    # ---- latency of the SavedModel signatures
+    latency = {}
+    for batch in (1, 64, 512):
+        x = tf.constant(examples[:batch])
+        cands = {f"{arm}/{path}": (lambda s=loaded[(arm, path)].signatures["serving_default"], x=x: s(examples=x))
+                 for arm in arms for path in ("per_feature", "fused")}
+        latency[f"serving_default/{batch}"] = timed(cands, args.rounds, args.calls)
+        print(f"serving_default batch {batch}: " + ", ".join(
+            f"{k} {v['p50_ms']:.3f}" for k, v in latency[f"serving_default/{batch}"].items()), flush=True)
+    for batch in (64, 512):
+        x = tf.constant(examples[:batch])
+        parsed = tf.io.parse_example(x, modules[arms[0]][0].parse_spec)
+        raw = {k: tf.sparse.to_dense(v, default_value="" if v.dtype == tf.string else 0)[:, 0]
+               if v.dense_shape[1] > 0 else tf.zeros([batch], v.dtype) for k, v in parsed.items()}
+        cands = {}
+        for arm in arms:
+            for path in ("per_feature", "fused"):
+                sig = loaded[(arm, path)].signatures["predict_raw"]
+                cands[f"{arm}/{path}"] = lambda s=sig, raw=raw: s(**raw)
+            plan = modules[arm][1]._plan
+            numeric = tf.stack([tf.cast(raw[c.name], tf.float32) for c in plan.numeric], 1)
+            transformed = tft_output.transform_raw_features(
+                {k: tf.sparse.from_dense(v[:, None]) for k, v in raw.items()})
+            ids = tf.stack([tf.reshape(transformed[c.name], [-1]) for c in plan.categorical], 1)
+            sig = loaded[(arm, "fused")].signatures["predict_ids"]
+            cands[f"{arm}/fused predict_ids"] = lambda s=sig, n=numeric, i=ids: s(numeric=n, ids=i)
+        latency[f"predict_raw/{batch}"] = timed(cands, args.rounds, args.calls)
+        print(f"predict_raw/ids batch {batch}: " + ", ".join(
+            f"{k} {v['p50_ms']:.3f}" for k, v in latency[f"predict_raw/{batch}"].items()), flush=True)
+    report["latency"] = latency
+
+    # ---- split of the serving_default cost into pieces
+    split = {}
+    for batch in (64, 512):
+        x = tf.constant(examples[:batch])
+        for arm in arms:
+            ref, fused = modules[arm]
+            for path, pieces in (("fused", fused_pieces(fused, x)), ("per_feature", per_feature_pieces(ref, x))):
+                times = timed(pieces, max(4, args.rounds // 2), args.calls)
+                split[f"{arm}/{path}/{batch}"] = {"prefix_ms": times, "split_cpu_ms": split_from(times)}
+                s = split[f"{arm}/{path}/{batch}"]["split_cpu_ms"]
+                print(f"split {arm} {path} batch {batch}: " + ", ".join(f"{k} {v:.3f}" for k, v in s.items()),
+                      flush=True)
+    report["split"] = split
+    report["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(),
+                         "load_avg_start": load_start, "load_avg_end": os.getloadavg(),
+                         "python": platform.python_version(), "tensorflow": tf.__version__}
+    report["wall_seconds"] = round(time.time() - t_start, 1)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"wrote {args.out} ({report['wall_seconds']:.0f}s)")
+    import shutil
+
+    shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
