@@ -179,3 +179,29 @@ def write_pushed_models_config(config, path: str) -> dict[str, str]:
     with open(path, "w") as f:
         f.write("model_config_list {\n" + entries + "}\n")
     return names
+
+
+def main(argv=None) -> int:
+    """`python -m pipelines.airflow_support DAG_FILE DAG_ID DATE --airflow-home DIR`: one
+    run of a compiled DAG by real Airflow (inside bin/matta-env), one line per task."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pipelines.airflow_support",
+                                     description=main.__doc__)
+    parser.add_argument("dag_file")
+    parser.add_argument("dag_id", help="the pipeline config's `name`")
+    parser.add_argument("date", help="logical date, e.g. 2025-01-01")
+    parser.add_argument("--airflow-home", required=True,
+                        help="AIRFLOW_HOME: SQLite metadata DB and logs (created if missing)")
+    args = parser.parse_args(argv)
+    run = dags_test(args.dag_file, args.dag_id, args.date, os.path.abspath(args.airflow_home))
+    for task, state in sorted(run["states"].items()):
+        print(f"{task:24s} {state}")
+    print(f"run {run['run_id']}: airflow exit {run['returncode']}; log {run['log']}")
+    ok = run["returncode"] == 0 and run["states"] and all(
+        s == "success" for s in run["states"].values())
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

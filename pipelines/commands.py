@@ -32,7 +32,8 @@ def _compile(args) -> int:
     from pipelines.compile import compile_pipeline
 
     config = _load_config(args)
-    path = compile_pipeline(config, args.runner, args.output, image=args.image)
+    schedule = None if args.schedule.lower() == "none" else args.schedule
+    path = compile_pipeline(config, args.runner, args.output, image=args.image, schedule=schedule)
     print(f"wrote {args.runner} pipeline spec to {path}")
     if args.runner != "airflow" and not config.warm_start_uri:
         print("note: no warm start in this spec - KFP v2 compiles only TFX's built-in resolvers, "
@@ -78,6 +79,9 @@ def register(subparsers) -> None:
     comp.add_argument("--image", default="gcr.io/tfx-oss-public/tfx:1.21.0",
                       help="container image with matta installed (vertex/kubeflow-v2)")
     comp.add_argument("--beam-arg", action="append", default=[])
+    comp.add_argument("--schedule", default="@daily",
+                      help="airflow: the DAG's schedule, a cron expression or preset such as "
+                           "@hourly (default @daily); 'none' = triggered runs only")
     comp.set_defaults(func=_compile)
     pipeline.set_defaults(func=lambda args: (pipeline.print_help(sys.stderr), 2)[1])
 

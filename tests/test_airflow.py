@@ -4,12 +4,13 @@ Airflow runs from the overlay venv `make setup` builds (bin/lock-airflow explain
 cannot share the project's lock), in subprocesses, as a scheduler and its workers would.
 
 * test_compile_airflow_dag_file: Airflow's own import of the DAG file (every component a
-  task, the schedule, no catch-up, one active run).
+  task, the schedule - also from the CLI's --schedule -, no catch-up, one active run).
+* test_airflow_components_get_legacy_drivers: the drivers TFX's legacy launcher needs.
 * test_airflow_dag_runs_two_spans_and_serving_picks_up_the_push (`make test-airflow`; it
   takes minutes, so `make test` skips it unless MATTA_AIRFLOW_E2E=1): `airflow dags test`
   runs the DAG end to end on span 1, then on span 2 with the Trainer warm-starting from the
   span-1 model, while a `matta serve` started on the Pusher directories loads the newly
-  pushed versions.
+  pushed versions; a third run without a new span is all cache hits and pushes nothing.
 """
 import json
 import os
@@ -48,6 +49,9 @@ def test_compile_airflow_dag_file(tmp_path):
     """The generated DAG file imports under real Apache Airflow 2 and holds every component."""
     import ast
 
+    import yaml
+
+    from matta_tf.cli import main
     from pipelines.compile import compile_pipeline
     from pipelines.pipeline import create_pipeline
 
@@ -55,22 +59,34 @@ def test_compile_airflow_dag_file(tmp_path):
     out = compile_pipeline(cfg, "airflow", str(tmp_path / "dag.py"), schedule="@daily")
     tree = ast.parse(open(out).read())
     assert any(isinstance(n, ast.Assign) and n.targets[0].id == "DAG" for n in tree.body)
+    # The CLI: `--schedule` takes a cron expression; 'none' means triggered runs only.
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    cli_dags = {}
+    for schedule in ("0 3 * * *", "none"):
+        path = str(tmp_path / f"cli_dag_{len(cli_dags)}.py")
+        assert main(["pipeline", "compile", "--config", str(tmp_path / "pipeline.yaml"),
+                     "--runner", "airflow", "--output", path, "--schedule", schedule]) == 0
+        cli_dags[schedule] = path
 
     airflow_python = _airflow_python_or_skip()
     probe = ("import json, runpy, sys, airflow\n"
-             "dag = runpy.run_path(sys.argv[1])['DAG']\n"
-             "gen = dag.get_task('ClickLogExampleGen').python_callable.keywords['component']\n"
-             "print(json.dumps({'airflow': airflow.__version__, 'dag_id': dag.dag_id,\n"
-             "                  'tasks': sorted(dag.task_ids),\n"
-             "                  'schedule': str(dag.schedule_interval),\n"
-             "                  'catchup': dag.catchup, 'max_active_runs': dag.max_active_runs,\n"
-             "                  'examplegen_driver': gen.driver_class.__name__}))\n")
+             "for path in sys.argv[1:]:\n"
+             "    dag = runpy.run_path(path)['DAG']\n"
+             "    gen = dag.get_task('ClickLogExampleGen').python_callable.keywords['component']\n"
+             "    print(json.dumps({'airflow': airflow.__version__, 'dag_id': dag.dag_id,\n"
+             "        'tasks': sorted(dag.task_ids), 'schedule': str(dag.schedule_interval),\n"
+             "        'catchup': dag.catchup, 'max_active_runs': dag.max_active_runs,\n"
+             "        'examplegen_driver': gen.driver_class.__name__}))\n")
     env = dict(os.environ, AIRFLOW_HOME=str(tmp_path / "airflow_home"),
                AIRFLOW__CORE__LOAD_EXAMPLES="False")
-    proc = subprocess.run([airflow_python, "-c", probe, out], capture_output=True, text=True,
-                          env=env, timeout=300)
+    proc = subprocess.run([airflow_python, "-c", probe, out, *cli_dags.values()],
+                          capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('{"airflow"')]
+    assert len(lines) == 3, proc.stdout[-3000:]
+    got, cron, manual = [json.loads(ln) for ln in lines]
+    assert cron["schedule"] == "0 3 * * *" and manual["schedule"] == "None"
+    assert cron["tasks"] == manual["tasks"] == got["tasks"]
     assert got["airflow"].startswith("2.")  # TFX 1.21's AirflowDagRunner needs Airflow < 3
     assert got["dag_id"] == cfg.name
     assert got["schedule"] == "@daily"
@@ -181,7 +197,8 @@ def test_airflow_dag_runs_two_spans_and_serving_picks_up_the_push(tmp_path):
     `matta serve` started on the Pusher directories (latest-version policy, 0.5 s polling)
     serves those versions. Span 2 through the same DAG: every task succeeds again, the
     Trainer warm-starts from the span-1 model (train_info.json), each arm gets a new pushed
-    version, and the running server loads it (gRPC and REST model status) and serves it."""
+    version, and the running server loads it (gRPC and REST model status) and serves it.
+    A third run with no new span is all cache hits and pushes nothing."""
     import numpy as np
     import pyarrow.parquet as pq
 
@@ -261,6 +278,16 @@ def test_airflow_dag_runs_two_spans_and_serving_picks_up_the_push(tmp_path):
         for arm, model in models.items():
             out = grpc.predict_examples(model, examples, version=new[arm])
             assert np.all(np.isfinite(out["probability"])) and out["probability"].shape == (16,)
+        t3 = time.monotonic()
+
+        # The next scheduled run finds no new span: every task succeeds from TFX's cache
+        # (no new Trainer model, nothing pushed) and the server keeps the span-2 versions.
+        run3 = dags_test(dag_file, cfg.name, "2025-01-03", home, python=airflow_python)
+        _assert_run_succeeded(run3, task_ids)
+        assert len(_trainer_infos(cfg)) == 2
+        assert {arm: _pushed_versions(cfg.serving_dir, m) for arm, m in models.items()} == second
+        time.sleep(1.5)  # three poll intervals
+        assert swapped()[0]
         grpc.close()
         server.send_signal(signal.SIGTERM)
         assert server.wait(60) == 0, stderr_path.read_text()[-3000:]
@@ -268,5 +295,5 @@ def test_airflow_dag_runs_two_spans_and_serving_picks_up_the_push(tmp_path):
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(30)
-    print(f"\nairflow span 1: {t1 - t0:.0f}s, span 2: {t2 - t1:.0f}s, whole test "
-          f"{time.monotonic() - t0:.0f}s")
+    print(f"\nairflow span 1: {t1 - t0:.0f}s, span 2: {t2 - t1:.0f}s, no new span: "
+          f"{time.monotonic() - t3:.0f}s, whole test {time.monotonic() - t0:.0f}s")
