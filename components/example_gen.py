@@ -2,7 +2,17 @@
 
 A custom file-based TFX ExampleGen on Apache Beam (it reuses TFX's FileBasedDriver, so
 `{SPAN}`/`{VERSION}`/`{YYYY}{MM}{DD}` input patterns, range configs and input fingerprints
-work as for CsvExampleGen). The Beam graph:
+work as for CsvExampleGen). Two engines build the same outputs:
+
+* `columnar` (default, `components.click_log_example_gen.columnar`): files are read in
+  chunks of whole lines into Arrow record batches (pyarrow's CSV/JSON readers, Parquet
+  batches), validated with pyarrow.compute masks, grouped by a hash shard of the
+  impression id, de-duplicated, joined with the teacher logits by a keyed lookup (an
+  in-memory index as a Beam side input, or for big teacher tables a shuffle by shard),
+  encoded by tfx_bsl's RecordBatch -> tf.Example encoder and written as gzipped
+  TFRecords. Rows it cannot decide exactly (and lines pyarrow might read differently from
+  the dialect) go through the row path one at a time.
+* `rows`: the reference, one row at a time in Python:
 
     files --read--> (source, row, line, raw) --validate--> good rows keyed by impression id
                                                         \\-> quarantine (reason code)
@@ -10,10 +20,9 @@ work as for CsvExampleGen). The Beam graph:
     CoGroupByKey(log, teacher)  # left join; a log id seen >1 times is a duplicate
         -> tf.Example with `teacher_logit`, `has_teacher` -> split by hash(id) or timestamp
 
-The join is a CoGroupByKey, so the teacher table is never held in memory as a side
-input. Reading follows the dialect and value rules in `components.logschema` (one
-physical line is one record; a line that cannot be decoded, split or parsed is
-quarantined alone and reading goes on). Every input line and teacher row ends in exactly
+Reading follows the dialect and value rules in `components.logschema` (one physical
+line is one record; a line that cannot be decoded, split or parsed is quarantined alone
+and reading goes on). Every input line and teacher row ends in exactly
 one place; after the run these identities are checked (a failure is a bug, never data):
 
     lines_in        == header_lines + blank_lines + rows_in
@@ -39,6 +48,12 @@ gen = ClickLogExampleGen(
     input_pattern="span-{SPAN}/*.tsv", teacher_pattern="span-{SPAN}/teacher/*.parquet",
     split={"method": "hash", "names": ["train", "eval"], "buckets": [9, 1]})
 ```
+
+Engine options (ClickLogExampleGen / make_click_log_config keyword arguments, stored in
+the config only when not the default): `engine` ("columnar" | "rows"), `teacher_join`
+("auto" | "lookup" | "shuffle"; auto = lookup for teacher Parquet up to
+`teacher_lookup_max_bytes`, default 64 MiB), `num_shards` (default one per 256 MiB of log
+input; the columnar engine writes one TFRecord file per shard and split).
 """
 from __future__ import annotations
 
@@ -66,6 +81,8 @@ QUARANTINE_KEY = "quarantine"
 QUARANTINE_FILE = "quarantine.jsonl"
 TEACHER_QUARANTINE_FILE = "teacher_quarantine.jsonl"
 COUNTS_FILE = "counts.json"
+ENGINES = ("columnar", "rows")
+TEACHER_JOINS = ("auto", "lookup", "shuffle")
 
 
 class QuarantinedRows(types.Artifact):
@@ -89,8 +106,15 @@ class ClickLogExampleGenSpec(standard_component_specs.FileBasedExampleGenSpec):
 # -- configuration ------------------------------------------------------------------------
 def make_click_log_config(log_schema, teacher_pattern: str | None = None,
                           split: dict | None = None,
-                          max_quarantine_rate: float = 0.05) -> dict[str, Any]:
-    """The JSON-able executor config (validated here, so a bad config fails at build time)."""
+                          max_quarantine_rate: float = 0.05, *, engine: str = "columnar",
+                          teacher_join: str = "auto",
+                          teacher_lookup_max_bytes: int | None = None,
+                          num_shards: int | None = None) -> dict[str, Any]:
+    """The JSON-able executor config (validated here, so a bad config fails at build time).
+
+    `engine`, `teacher_join`, `teacher_lookup_max_bytes` and `num_shards`: see
+    `run_click_log_graph`; they are stored only when not the default (a default config
+    keeps its JSON)."""
     schema = logschema.load_log_schema(log_schema)
     split = dict(split or {"method": "hash", "names": ["train", "eval"], "buckets": [4, 1]})
     method = split.get("method", "hash")
@@ -115,8 +139,25 @@ def make_click_log_config(log_schema, teacher_pattern: str | None = None,
         raise ValueError(f"split method {method!r} is not 'hash' or 'timestamp'")
     if not 0.0 <= float(max_quarantine_rate) <= 1.0:
         raise ValueError(f"max_quarantine_rate {max_quarantine_rate} is not in [0, 1]")
-    return {"log_schema": schema.to_dict(), "teacher_pattern": teacher_pattern,
-            "split": split, "max_quarantine_rate": float(max_quarantine_rate)}
+    config = {"log_schema": schema.to_dict(), "teacher_pattern": teacher_pattern,
+              "split": split, "max_quarantine_rate": float(max_quarantine_rate)}
+    if engine not in ENGINES:
+        raise ValueError(f"engine {engine!r} is not one of {ENGINES}")
+    if teacher_join not in TEACHER_JOINS:
+        raise ValueError(f"teacher_join {teacher_join!r} is not one of {TEACHER_JOINS}")
+    if engine != "columnar":
+        config["engine"] = engine
+    if teacher_join != "auto":
+        config["teacher_join"] = teacher_join
+    if teacher_lookup_max_bytes is not None:
+        if int(teacher_lookup_max_bytes) < 0:
+            raise ValueError(f"teacher_lookup_max_bytes {teacher_lookup_max_bytes} is negative")
+        config["teacher_lookup_max_bytes"] = int(teacher_lookup_max_bytes)
+    if num_shards is not None:
+        if int(num_shards) < 1:
+            raise ValueError(f"num_shards {num_shards} is not positive")
+        config["num_shards"] = int(num_shards)
+    return config
 
 
 def split_index(split: dict[str, Any], impression_id: str, timestamp: int | None) -> int:
@@ -330,8 +371,35 @@ class ClickLogDriver(example_gen_driver.FileBasedDriver):
         return exec_properties
 
 
+def _runs_locally(beam_pipeline_args) -> bool:
+    """True if the Beam args select the DirectRunner (also when no runner is named)."""
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    runner = PipelineOptions(list(beam_pipeline_args)).view_as(StandardOptions).runner
+    return runner is None or str(runner).lower() in ("direct", "directrunner",
+                                                     "bundlebaseddirectrunner")
+
+
 class ClickLogExecutor(base_beam_executor.BaseBeamExecutor):
     """Validates, joins, de-duplicates and splits click logs; see the module docstring."""
+
+    def __init__(self, context=None):
+        args = list(getattr(context, "beam_pipeline_args", None) or [])
+        if context is None or not args or not _runs_locally(args):
+            super().__init__(context)
+            return
+        # TFX would build an sdist of itself for remote Beam workers here (seconds per
+        # execution); the DirectRunner's workers import this same environment.
+        import copy
+        import sys
+
+        from absl import flags
+
+        local = copy.copy(context)
+        local.beam_pipeline_args = []
+        super().__init__(local)
+        self._beam_pipeline_args = args
+        flags.FLAGS(sys.argv + args, known_only=True)  # as BaseBeamExecutor does
 
     def Do(self, input_dict, output_dict, exec_properties):
         self._log_startup(input_dict, output_dict, exec_properties)
@@ -364,14 +432,14 @@ class ClickLogExecutor(base_beam_executor.BaseBeamExecutor):
         counts_path = os.path.join(quarantine.uri, COUNTS_FILE)
 
         with self._make_beam_pipeline() as p:
-            counts = run_click_log_graph(
+            _ = run_click_log_graph(
                 p, files, teacher_files, schema_dict, split,
                 {name: artifact_utils.get_split_uri([examples], name) for name in split["names"]},
-                os.path.join(quarantine.uri, QUARANTINE_FILE), input_base=input_base)
-            _ = (counts
-                 | "CountsToDict" >> beam.combiners.ToDict()
-                 | "CountsJson" >> beam.Map(lambda d: json.dumps(d, sort_keys=True))
-                 | "WriteCounts" >> beam.io.WriteToText(counts_path, shard_name_template=""))
+                os.path.join(quarantine.uri, QUARANTINE_FILE), input_base=input_base,
+                engine=config.get("engine", "columnar"),
+                teacher_join=config.get("teacher_join", "auto"),
+                teacher_lookup_max_bytes=config.get("teacher_lookup_max_bytes"),
+                num_shards=config.get("num_shards"), counts_path=counts_path)
 
         counts = _read_counts(counts_path)
         props = accounting(counts, split["names"])
@@ -386,17 +454,62 @@ class ClickLogExecutor(base_beam_executor.BaseBeamExecutor):
 
 
 def run_click_log_graph(p, files, teacher_files, schema_dict, split, split_uris,
-                        quarantine_path, input_base=None, teacher_quarantine_path=None):
+                        quarantine_path, input_base=None, teacher_quarantine_path=None, *,
+                        engine: str = "columnar", teacher_join: str = "auto",
+                        teacher_lookup_max_bytes: int | None = None,
+                        num_shards: int | None = None, counts_path: str | None = None):
     """Builds the Beam graph; returns a PCollection of (counter name, count).
 
     Derived impression ids use each file's path relative to `input_base` (its base name
     when `input_base` is None). Invalid teacher rows go to `teacher_quarantine_path`
-    (default: `teacher_quarantine.jsonl` beside `quarantine_path`).
+    (default: `teacher_quarantine.jsonl` beside `quarantine_path`). `engine` "columnar"
+    (default, `components.click_log_example_gen.columnar`) or "rows" (one row at a time
+    in Python; the reference the columnar engine is tested against) give the same
+    examples, quarantine records and counts. Columnar only: `teacher_join` "auto"
+    (a keyed in-memory lookup for teacher tables up to `teacher_lookup_max_bytes` of
+    Parquet, else a shuffle by shard), "lookup" or "shuffle"; `num_shards` (default: one
+    per 256 MiB of input) sets the dedup/join/write parallelism and files per split.
+    With `counts_path` the counts are also written there as one JSON object.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"engine {engine!r} is not one of {ENGINES}")
     if teacher_quarantine_path is None:
         teacher_quarantine_path = os.path.join(os.path.dirname(quarantine_path),
                                                TEACHER_QUARANTINE_FILE)
     sources = [(f, logschema.relative_source(f, input_base)) for f in files]
+    if engine == "columnar":
+        from components.click_log_example_gen import columnar
+
+        return columnar.build_graph(
+            p, sources, teacher_files, schema_dict, split, split_uris, quarantine_path,
+            teacher_quarantine_path, counts_path=counts_path, teacher_join=teacher_join,
+            teacher_lookup_max_bytes=teacher_lookup_max_bytes, num_shards=num_shards)
+    bad, teacher_bad, counters = _row_graph(p, sources, teacher_files, schema_dict, split,
+                                            split_uris)
+    _ = (bad
+         | "QuarantineJson" >> beam.Map(lambda r: json.dumps(r, sort_keys=True))
+         | "WriteQuarantine" >> beam.io.WriteToText(quarantine_path, shard_name_template=""))
+    _ = (teacher_bad
+         | "TeacherQuarantineJson" >> beam.Map(lambda r: json.dumps(r, sort_keys=True))
+         | "WriteTeacherQuarantine" >> beam.io.WriteToText(teacher_quarantine_path,
+                                                           shard_name_template=""))
+    counters = list(counters) + [
+        bad | "CountBad" >> beam.Map(lambda r: ("quarantined_" + r["reason"], 1)),
+        teacher_bad | "CountTeacherBad" >> beam.Map(
+            lambda r: ("teacher_quarantined_" + r["reason"], 1)),
+        p | "Zero" >> beam.Create([("rows_in", 0)]),
+    ]
+    counts = tuple(counters) | "AllCounts" >> beam.Flatten() | "Sum" >> beam.CombinePerKey(sum)
+    if counts_path:
+        _ = (counts
+             | "CountsToDict" >> beam.combiners.ToDict()
+             | "CountsJson" >> beam.Map(lambda d: json.dumps(d, sort_keys=True))
+             | "WriteCounts" >> beam.io.WriteToText(counts_path, shard_name_template=""))
+    return counts
+
+
+def _row_graph(p, sources, teacher_files, schema_dict, split, split_uris):
+    """The row-at-a-time graph: (bad records, teacher bad records, [counters])."""
     read = (p
             | "LogFiles" >> beam.Create(sources)
             # One file per element; reshuffle so files spread over workers.
@@ -420,23 +533,12 @@ def run_click_log_graph(p, files, teacher_files, schema_dict, split, split_uris,
         | "DedupAndSplit" >> beam.ParDo(_JoinDedupSplit(schema_dict, split)).with_outputs(
             "bad", "counts", *[f"split{i}" for i in range(len(split["names"]))]))
     bad = (read.bad, joined.bad) | "AllBad" >> beam.Flatten()
-    _ = (bad
-         | "QuarantineJson" >> beam.Map(lambda r: json.dumps(r, sort_keys=True))
-         | "WriteQuarantine" >> beam.io.WriteToText(quarantine_path, shard_name_template=""))
-    _ = (teacher_bad
-         | "TeacherQuarantineJson" >> beam.Map(lambda r: json.dumps(r, sort_keys=True))
-         | "WriteTeacherQuarantine" >> beam.io.WriteToText(teacher_quarantine_path,
-                                                           shard_name_template=""))
-
     counters = [
         read.good | "CountGood" >> beam.Map(lambda _: ("rows_in", 1)),
         read.bad | "CountBadIn" >> beam.Map(lambda _: ("rows_in", 1)),
-        bad | "CountBad" >> beam.Map(lambda r: ("quarantined_" + r["reason"], 1)),
         read.counts,
         joined.counts,
         teacher_counts,
-        teacher_bad | "CountTeacherBad" >> beam.Map(
-            lambda r: ("teacher_quarantined_" + r["reason"], 1)),
     ]
     for i, name in enumerate(split["names"]):
         pc = joined[f"split{i}"]
@@ -445,8 +547,7 @@ def run_click_log_graph(p, files, teacher_files, schema_dict, split, split_uris,
              | f"Write[{name}]" >> beam.io.WriteToTFRecord(
                  os.path.join(split_uris[name], "data_tfrecord"), file_name_suffix=".gz"))
         counters.append(pc | f"Count[{name}]" >> beam.Map(lambda _, n=name: (f"written_{n}", 1)))
-    counters.append(p | "Zero" >> beam.Create([("rows_in", 0)]))
-    return tuple(counters) | "AllCounts" >> beam.Flatten() | "Sum" >> beam.CombinePerKey(sum)
+    return bad, teacher_bad, counters
 
 
 def _read_counts(path: str) -> dict[str, int]:
@@ -513,8 +614,13 @@ class ClickLogExampleGen(FileBasedExampleGen):
 
     def __init__(self, input_base: str, log_schema, input_pattern: str = "*",
                  teacher_pattern: str | None = None, split: dict | None = None,
-                 max_quarantine_rate: float = 0.05, range_config=None):
-        config = make_click_log_config(log_schema, teacher_pattern, split, max_quarantine_rate)
+                 max_quarantine_rate: float = 0.05, range_config=None, *,
+                 engine: str = "columnar", teacher_join: str = "auto",
+                 teacher_lookup_max_bytes: int | None = None, num_shards: int | None = None):
+        config = make_click_log_config(log_schema, teacher_pattern, split, max_quarantine_rate,
+                                       engine=engine, teacher_join=teacher_join,
+                                       teacher_lookup_max_bytes=teacher_lookup_max_bytes,
+                                       num_shards=num_shards)
         names = config["split"]["names"]
         input_config = example_gen_pb2.Input(splits=[
             example_gen_pb2.Input.Split(name="single_split", pattern=input_pattern)])
