@@ -188,6 +188,54 @@ def split_from(prefix_times: dict) -> dict:
     return out
 
 
+def markdown(report: dict, arms: list[str]) -> str:
+    """The tables of a report (latency before/after, split, equality) as markdown."""
+    lat, split = report["latency"], report["split"]
+    m = report["machine"]
+    lines = [f"`{report['command']}`", "",
+             f"load average {m['load_avg_start'][0]:.1f} at start, {m['load_avg_end'][0]:.1f} at end "
+             f"({m['cpus']} CPUs, shared); p50 of interleaved rounds; `cpu` = process CPU ms per call.", "",
+             "| signature | batch | " + " | ".join(f"{a} before | {a} after" for a in arms) + " | "
+             + " | ".join(f"{a} after/before" for a in arms) + " |",
+             "|---|---|" + "---|---|" * len(arms) + "---|" * len(arms)]
+    for key in [k for k in lat if k.startswith("serving_default")] + [k for k in lat if k.startswith("predict_raw")]:
+        sig, batch = key.split("/")
+        row = lat[key]
+        cells, ratios = [], []
+        for a in arms:
+            before, after = row[f"{a}/per_feature"]["p50_ms"], row[f"{a}/fused"]["p50_ms"]
+            cells += [f"{before:.3f}", f"{after:.3f}"]
+            ratios.append(f"{after / before:.2f}")
+        lines.append(f"| {sig} | {batch} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+        if sig == "predict_raw":
+            lines.append(f"| predict_ids | {batch} | " + " | ".join(
+                f"- | {row[f'{a}/fused predict_ids']['p50_ms']:.3f}" for a in arms) + " |" + " |" * len(arms))
+    lines += ["", "Student / TA p50 (serving_default): " + ", ".join(
+        f"batch {k.split('/')[1]}: before {lat[k][f'{arms[0]}/per_feature']['p50_ms'] / lat[k][f'{arms[-1]}/per_feature']['p50_ms']:.2f}, "
+        f"after {lat[k][f'{arms[0]}/fused']['p50_ms'] / lat[k][f'{arms[-1]}/fused']['p50_ms']:.2f}"
+        for k in lat if k.startswith("serving_default")), ""]
+    lines += ["Split of serving_default (process CPU ms per call; piece = difference of growing "
+              "prefixes of the graph; `model` = embedding gather + cross/MLP/logit):", "",
+              "| student | path | batch | overhead | parse | transform | lookups | model | total | model share |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for key, v in split.items():
+        arm, path, batch = key.split("/")
+        s = v["split_cpu_ms"]
+        tl = s.get("transform", s.get("transform+lookups", 0.0))
+        lk = s.get("lookups", None)
+        lines.append(f"| {arm} | {path} | {batch} | {s['overhead']:.3f} | {s['parse']:.3f} | {tl:.3f} | "
+                     f"{'(in transform)' if lk is None else f'{lk:.3f}'} | {s['model']:.3f} | {s['total']:.3f} | "
+                     f"{s['model'] / s['total']:.0%} |")
+    lines += ["", "Equality (same eval examples, both exports): " + ", ".join(
+        f"{a}: max |diff| serving_default {report['arms'][a]['max_abs_diff']['serving_default']:.1e}, "
+        f"predict_raw {report['arms'][a]['max_abs_diff']['predict_raw']:.1e}" for a in arms), ""]
+    lines += ["Students: " + ", ".join(
+        f"{a} {report['arms'][a]['params']:,} params, {report['arms'][a]['madds_per_example']:,} madds/ex, "
+        f"SavedModel {report['arms'][a]['per_feature_saved_model_bytes'] / 1e6:.2f} -> "
+        f"{report['arms'][a]['fused_saved_model_bytes'] / 1e6:.2f} MB" for a in arms), ""]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pipeline-root", required=True,
@@ -289,7 +337,7 @@ def main(argv=None) -> int:
         for arm in arms:
             ref, fused = modules[arm]
             for path, pieces in (("fused", fused_pieces(fused, x)), ("per_feature", per_feature_pieces(ref, x))):
-                times = timed(pieces, max(4, args.rounds // 2), args.calls)
+                times = timed(pieces, args.rounds, args.calls)
                 split[f"{arm}/{path}/{batch}"] = {"prefix_ms": times, "split_cpu_ms": split_from(times)}
                 s = split[f"{arm}/{path}/{batch}"]["split_cpu_ms"]
                 print(f"split {arm} {path} batch {batch}: " + ", ".join(f"{k} {v:.3f}" for k, v in s.items()),
@@ -302,7 +350,10 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
-    print(f"wrote {args.out} ({report['wall_seconds']:.0f}s)")
+    md = os.path.splitext(args.out)[0] + ".md"
+    with open(md, "w") as f:
+        f.write(markdown(report, arms))
+    print(f"wrote {args.out} and {md} ({report['wall_seconds']:.0f}s)")
     import shutil
 
     shutil.rmtree(root, ignore_errors=True)

@@ -4,7 +4,8 @@
 
 Builds the students of `matta_tf/configs/default_ranker.yaml` (Student, one Mix'n'Match
 student, TA; weights from a few training steps on synthetic logs - latency does not
-depend on the weight values), exports them with `matta_tf.export.export_saved_model`,
+depend on the weight values), exports them with `matta_tf.export.export_saved_model`
+(fused input path; `--enable-batching` serves them with server-side batching),
 writes a TF Serving deployment, starts `matta serve` as a separate process on loopback
 and measures, for batch sizes 1, 64 and 512 and each student:
 
@@ -78,12 +79,14 @@ def build_reference_students(root: str):
     return arms, encode_rows(rm.reference_rows(512)), info, "reference (matta_tf.export missing)"
 
 
-def start_server(models_config: str, timeout_s: float = 180.0):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "matta_tf.cli", "serve", "--model-config", models_config,
-         "--grpc-port", "0", "--rest-port", "-1", "--max-concurrency", "4",
-         "--grpc-threads", "8", "--max-request-bytes", str(64 * 1024 * 1024)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
+def start_server(models_config: str, timeout_s: float = 180.0, batching_file: str | None = None,
+                 grpc_threads: int = 8):
+    cmd = [sys.executable, "-m", "matta_tf.cli", "serve", "--model-config", models_config,
+           "--grpc-port", "0", "--rest-port", "-1", "--max-concurrency", "4",
+           "--grpc-threads", str(grpc_threads), "--max-request-bytes", str(64 * 1024 * 1024)]
+    if batching_file:
+        cmd += ["--enable-batching", "--batching-parameters-file", batching_file]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -122,6 +125,11 @@ def main(argv=None) -> int:
     parser.add_argument("--max-calls", type=int, default=400)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--train-steps", type=int, default=4)
+    parser.add_argument("--enable-batching", action="store_true",
+                        help="serve with server-side batching (the deployment's "
+                             "batching_parameters.txt); sequential latency then includes up to "
+                             "its batch_timeout_micros (see bench_serving_throughput.py for the "
+                             "concurrent case batching is for)")
     parser.add_argument("--out", default=os.path.join(REPO, "bench", "results",
                                                       "serving_latency.json"))
     args = parser.parse_args(argv)
@@ -141,7 +149,9 @@ def main(argv=None) -> int:
             arms, examples, info, kind = build_reference_students(os.path.join(root, "exports"))
         dep = write_deployment(os.path.join(root, "deploy"), "ranker", arms,
                                warmup_examples=examples[:8])
-        proc, port = start_server(dep.models_config_path)
+        proc, port = start_server(dep.models_config_path,
+                                  batching_file=dep.batching_parameters_path if args.enable_batching else None,
+                                  grpc_threads=max(8, args.threads))
         results = {}
         try:
             client = GrpcClient(f"127.0.0.1:{port}", timeout_s=30.0)
