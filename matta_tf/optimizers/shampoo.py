@@ -28,6 +28,21 @@ factors: the touched rows get the grafted diagonal method (row-wise Adam/Adagrad
 lazy momentum and lazy weight decay, all by gather/scatter on those rows only, so a
 million-row table is never densified and untouched rows stay bit-identical.
 
+Distribution strategies (tests/test_shampoo.py, tests/test_distribute*.py).
+MirroredStrategy and MultiWorkerMirroredStrategy: gradients arrive all-reduced, every
+replica applies the same update to its copy (2 workers reproduce one process's weights).
+ParameterServerStrategy with sharded embedding tables (`ShardedVariable`, rows split over
+the parameter servers): Keras hands Shampoo each shard as its own variable with the
+shard's gradient (row-sparse, shard-local row ids); the diagonal (row-wise) update, its
+slots (created per shard, colocated with it, checkpointed as ShardedVariables by the base
+class) and the non-finite checks are row-/element-wise, so the result equals the
+unsharded table's. A shard that would get Kronecker factors is refused with a ValueError
+in `build`: per-shard statistics are not the whole variable's (keep such variables whole
+or list them in `diagonal_only`). Parameter-server steps are asynchronous: workers update
+the shared statistics and slots without locks, like Adam's. Optimizer checkpoints restore
+into the same sharding only (the slots are tracked per shard index; the model's weights
+restore into any sharding).
+
 Non-finite gradients (issue 12). A gradient is *non-finite* when ``sum(G^2)`` is not
 finite: an entry is NaN/inf, or the entries are so large that ``G G^T`` would overflow
 (`shampoo_math.finite_squared_norm`, one reduction per gradient). Such a step is skipped
@@ -242,6 +257,16 @@ class Shampoo(tf.keras.optimizers.Optimizer):
                                     cfg.exponent_override)
             if any(re.search(p, var.name) for p in cfg.diagonal_only):
                 layout = sm.diagonal_layout(var.shape)
+            if layout.is_kronecker and hasattr(var, "_sharded_container"):
+                shards = len(var._sharded_container().variables)
+                raise ValueError(
+                    f"Shampoo: variable `{var.name}` is one of {shards} shards of a "
+                    "ShardedVariable (a parameter-server partitioner split it) and would get "
+                    "Kronecker factors; statistics of one shard are not those of the whole "
+                    "variable, so Shampoo does not precondition sharded variables. Partition "
+                    "only the embedding tables (matta_tf.distribute `partition: embeddings`), "
+                    "or give it the diagonal (row-wise) update by matching its name with "
+                    "ShampooConfig.diagonal_only.")
             self._layouts.append(layout)
             if cfg.beta1 > 0.0:
                 self._slots[f"{i}_momentum"] = self.add_variable_from_reference(
