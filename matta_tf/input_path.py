@@ -65,6 +65,8 @@ import tensorflow as tf
 from matta_tf.config import FeatureSpec
 
 INT64_MAX = np.iinfo(np.int64).max
+# Largest lcm of OOV bucket counts hashed in one pass (a module constant so tests can lower it).
+HASH_LCM_LIMIT = 2 ** 62
 
 
 class UnsupportedInputPath(ValueError):
@@ -337,11 +339,21 @@ def _gather_with_defaults(values, defaults, index):
     return tf.gather(tf.concat([values, defaults], 0), index)
 
 
-def _lcm(numbers) -> int:
-    out = 1
-    for n in numbers:
-        out = out * n // math.gcd(out, n)
-    return out
+def _bucket_groups(counts, limit: int | None = None) -> list[tuple[int, list[int]]]:
+    """Distinct bucket counts grouped greedily (largest first) so that each group's lcm is
+    at most `limit`: [(lcm, counts)]."""
+    limit = HASH_LCM_LIMIT if limit is None else limit
+    groups: list[list] = []
+    for n in sorted(set(counts), reverse=True):
+        for g in groups:
+            lcm = g[0] * n // math.gcd(g[0], n)
+            if lcm <= limit:
+                g[0] = lcm
+                g[1].append(n)
+                break
+        else:
+            groups.append([n, [n]])
+    return [(g[0], g[1]) for g in groups]
 
 
 class FusedEncoder(tf.Module):
@@ -385,7 +397,16 @@ class FusedEncoder(tf.Module):
         # ---- categorical: rows of one concatenated embedding table (constants [k, 1])
         offsets = np.cumsum([0] + [c.rows for c in cats])[:-1].astype(np.int64)
         self._offsets = offsets
-        self._string_cols = [j for j, c in enumerate(cats) if c.dtype == "string"]
+        for c in cats:
+            if c.dtype == "string" and c.miss_buckets < 1:
+                raise UnsupportedInputPath(f"column {c.name!r}: unknown values have no bucket")
+        # Unknown values are hashed once per group of columns whose bucket counts have an
+        # lcm L <= 2^62 (hash mod L, then mod the column's count: exact since it divides L);
+        # string columns are ordered by group so a group is a contiguous block of them.
+        groups = _bucket_groups(c.miss_buckets for c in cats if c.dtype == "string")
+        group_of = {n: g for g, (_, counts) in enumerate(groups) for n in counts}
+        self._string_cols = sorted((j for j, c in enumerate(cats) if c.dtype == "string"),
+                                   key=lambda j: (group_of[cats[j].miss_buckets], j))
         self._int_cols = [j for j, c in enumerate(cats) if c.dtype == "int64"]
         order = self._string_cols + self._int_cols
         self._perm = None if order == list(range(len(cats))) else np.argsort(order).astype(np.int32)
@@ -411,21 +432,22 @@ class FusedEncoder(tf.Module):
                 tf.constant(list(unique), tf.string), tf.range(len(unique), dtype=tf.int64)), -1)
             self.rows_table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
                 tf.constant(keys2, tf.int64), tf.constant(rows2, tf.int64)), -1)
-        for c in sc:
-            if c.miss_buckets < 1:
-                raise UnsupportedInputPath(f"column {c.name!r}: unknown values have no bucket")
-        # One hash of every value mod lcm(buckets); column c's bucket is that mod its count.
-        self._hash_mod = _lcm(c.miss_buckets for c in sc) if sc else 1
-        if self._hash_mod > 2 ** 62:
-            raise UnsupportedInputPath("the columns' OOV bucket counts have too large an lcm")
-        self._reduce_buckets = any(c.miss_buckets != self._hash_mod for c in sc)
+        modulus = [groups[group_of[c.miss_buckets]][0] for c in sc]
+        self._hash_groups = []  # (modulus, first, end) over the string-column order
+        for p, mod in enumerate(modulus):
+            if self._hash_groups and self._hash_groups[-1][0] == mod:
+                self._hash_groups[-1][2] = p + 1
+            else:
+                self._hash_groups.append([mod, p, p + 1])
+        self._reduce_buckets = any(c.miss_buckets != m for c, m in zip(sc, modulus, strict=True))
         self._buckets = tf.constant([[c.miss_buckets] for c in sc], tf.int64)
         self._miss_base = tf.constant([[c.miss_base] for c in sc], tf.int64)
         self._string_column = tf.constant([[p] for p in range(ms)], tf.int64)
         defaults = [_as_bytes(c.parse_default) for c in sc]
         self._u_defaults = tf.constant([unique.get(d, -1) for d in defaults], tf.int64)
-        self._h_defaults = (tf.strings.to_hash_bucket_fast(tf.constant(defaults, tf.string), self._hash_mod)
-                            if sc else tf.zeros([0], tf.int64))
+        self._h_defaults = tf.constant(
+            [tf.strings.to_hash_bucket_fast(d, m).numpy() for d, m in zip(defaults, modulus, strict=True)],
+            tf.int64, shape=[ms])
         # Whether a miss can leave [0, num_ids) (else the model stage is the identity).
         self._string_post = any(c.num_ids is not None and (c.miss_base < 0 or
                                 c.miss_base + c.miss_buckets > c.num_ids) for c in sc)
@@ -482,8 +504,9 @@ class FusedEncoder(tf.Module):
         return _gather_with_defaults(values, self._num_defaults, index)
 
     def parse(self, examples):
-        """serialized tf.Examples [B] -> (raw numeric [B, n], (u, h) [ms, B] of the string
-        columns or None, ints [mi, B] or None)."""
+        """serialized tf.Examples [B] -> (raw numeric [B, n], string columns or None, int
+        columns [mi, B] or None). The string columns are (present values [N], index [ms, B]
+        into them; past the end = missing): `rows` looks up only the values present."""
         parsed = tf.io.parse_example(examples, self.parse_spec())
         cats = self.plan.categorical
         numeric = self._numeric_from(parsed, examples)
@@ -491,10 +514,9 @@ class FusedEncoder(tf.Module):
         if self._string_cols:
             names = [cats[j].name for j in self._string_cols]
             index = _column_index(parsed, names, column_major=True)
-            values = tf.concat([parsed[n].values for n in names], 0)  # present values only
-            u, h = self._hash_values(values)
-            strings = (_gather_with_defaults(u, self._u_defaults, index),
-                       _gather_with_defaults(h, self._h_defaults, index))
+            counts = (tf.stack([parsed[n].row_splits[-1] for n in names])
+                      if len(self._hash_groups) > 1 else None)
+            strings = (tf.concat([parsed[n].values for n in names], 0), index, counts)
         ints = None
         if self._int_cols:
             names = [cats[j].name for j in self._int_cols]
@@ -503,10 +525,23 @@ class FusedEncoder(tf.Module):
             ints = _gather_with_defaults(values, self._int_defaults, index)
         return numeric, strings, ints
 
-    def _hash_values(self, values):
-        """strings (any shape) -> (u: distinct-value index or -1, h: hash mod lcm(buckets))."""
+    def _hash_values(self, values, counts=None):
+        """string values -> (u: distinct-value index or -1, h: hash mod its group's lcm).
+        `values` are [ms, B] (string-column order) or, with `counts` (values per column),
+        the columns' present values concatenated."""
         u = self.values.lookup(values) if self._has_table else -tf.ones_like(values, tf.int64)
-        return u, tf.strings.to_hash_bucket_fast(values, self._hash_mod)
+        if len(self._hash_groups) == 1:
+            return u, tf.strings.to_hash_bucket_fast(values, self._hash_groups[0][0])
+        parts = []
+        if counts is None:  # dense: a group is a block of rows
+            for mod, first, end in self._hash_groups:
+                parts.append(tf.strings.to_hash_bucket_fast(values[first:end], mod))
+        else:  # present values: a group is a block of values
+            bounds = tf.concat([tf.zeros([1], counts.dtype), tf.cumsum(counts)], 0)
+            for mod, first, end in self._hash_groups:
+                block = values[bounds[first]:bounds[end]]
+                parts.append(tf.strings.to_hash_bucket_fast(block, mod))
+        return u, tf.concat(parts, 0)
 
     def stack_raw(self, raw: dict):
         """predict_raw tensors (name -> [B]) -> the same as `parse`."""
@@ -516,7 +551,7 @@ class FusedEncoder(tf.Module):
             numeric = tf.stack([tf.cast(raw[n], tf.float32) for n in names], axis=1)
         else:
             numeric = tf.zeros([tf.shape(raw[cats[0].name])[0], 0], tf.float32)
-        strings = (self._hash_values(tf.stack([raw[cats[j].name] for j in self._string_cols]))
+        strings = ((tf.stack([raw[cats[j].name] for j in self._string_cols]), None, None)
                    if self._string_cols else None)
         ints = (tf.stack([tf.cast(raw[cats[j].name], tf.int64) for j in self._int_cols])
                 if self._int_cols else None)
@@ -542,10 +577,15 @@ class FusedEncoder(tf.Module):
 
     # -- categorical
     def rows(self, strings, ints):
-        """(u, h) [ms, B], ints [mi, B] -> rows of the concatenated table [m, B]."""
+        """string columns (values [ms, B], None) or (present values [N], index [ms, B]),
+        ints [mi, B] -> rows of the concatenated table [m, B]."""
         parts = []
         if strings is not None:
-            u, h = strings
+            values, index, counts = strings
+            u, h = self._hash_values(values, counts)
+            if index is not None:  # missing values: the column default's u and hash
+                u = _gather_with_defaults(u, self._u_defaults, index)
+                h = _gather_with_defaults(h, self._h_defaults, index)
             if self._has_table:
                 hit = self.rows_table.lookup(u * self._ms + self._string_column)
             else:

@@ -103,6 +103,24 @@ def test_fused_export_equals_per_feature_on_raw_features(tmp_path):
     assert np.max(np.abs(got_ids - _logits(per, "predict_raw", **raw))) <= TOL
 
 
+def test_columns_hashed_in_several_groups_when_bucket_counts_have_a_large_lcm(tmp_path, monkeypatch):
+    """Unknown values are hashed once per group of columns whose bucket counts' lcm fits;
+    with a tiny limit the columns fall into two groups ({7, 1}: tag, shape; {2}: color),
+    hashed out of the model's column order."""
+    import matta_tf.input_path as input_path
+
+    monkeypatch.setattr(input_path, "HASH_LCM_LIMIT", 8)
+    student = _raw_model()
+    assert input_path._bucket_groups([2, 1, 7]) == [(7, [7, 1]), (2, [2])]
+    fused = tf.saved_model.load(export_saved_model(student, str(tmp_path / "f"), RAW_FEATURES,
+                                                   input_path="fused"))
+    per = tf.saved_model.load(export_saved_model(student, str(tmp_path / "p"), RAW_FEATURES,
+                                                 input_path="per_feature"))
+    examples = make_examples(RAW_ROWS)
+    assert np.max(np.abs(_logits(per, "serving_default", examples=examples)
+                         - _logits(fused, "serving_default", examples=examples))) <= TOL
+
+
 def test_fused_parse_takes_empty_lists_as_missing_and_refuses_two_values(tmp_path):
     student = _raw_model()
     fused = tf.saved_model.load(export_saved_model(student, str(tmp_path / "f"), RAW_FEATURES))
