@@ -16,11 +16,28 @@ Warm start: when the Trainer gets a `base_model` (the previous span's model, see
 `pipelines.warm_start`), every weight of matching shape is copied, and embedding tables
 are remapped row by row through the two vocabularies (a value keeps its learned row even
 if its frequency rank changed; new values keep their fresh initialisation).
+
+Distribution (`custom_config["distribution"]`, the pipeline config's `distribution`
+section, see `matta_tf.distribute`; the cluster comes from TF_CONFIG):
+
+* none / mirrored: as one process; `batch_size` is the global batch.
+* multi_worker_mirrored: every worker runs this run_fn; each builds the same shuffled
+  dataset and keeps its share of every global batch of `batch_size` (auto-shard DATA);
+  only the chief (TF_CONFIG `chief`, else worker 0) writes `serving_model_dir` and the
+  TensorBoard logs (the others write to a temporary directory that is removed).
+* parameter_server: run_fn on a `worker` or `ps` task only starts its
+  `tf.distribute.Server` and serves (Vertex AI runs the Trainer in every worker pool);
+  on the coordinator (`chief`) the model's embedding tables are split over the ps tasks
+  and Keras fit schedules steps of `batch_size` examples on the workers (asynchronous; each
+  worker reads every n-th batch). The checkpoint written from the sharded model restores
+  into an ordinary one, so `load_trained` and the StudentExtractor are unchanged.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -135,24 +152,31 @@ def remap_rows(old_table: np.ndarray, old_vocab: list[str], new_table: np.ndarra
     return out, moved
 
 
-def warm_start(model, base_dir: str, new_vocab_files: dict) -> dict:
-    """Copies weights from the model saved in `base_dir`; returns a report of what moved."""
-    old_model, _ = load_trained(base_dir)
+def warm_start(model, base_dir: str, new_vocab_files: dict, old_model=None) -> dict:
+    """Copies weights from the model saved in `base_dir` (or `old_model`, loaded from it
+    already); returns a report of what moved. Works on sharded (parameter-server) and
+    mirrored variables too: a sharded table is read and assigned whole."""
+    from matta_tf.distribute import logical_name, logical_variables
+
+    if old_model is None:
+        old_model, _ = load_trained(base_dir)
     old_vars = {v.name: v for v in old_model.variables}
     report = {"from": base_dir, "copied": 0, "remapped": 0, "rows_carried": 0, "skipped": []}
-    for var in model.variables:
-        old = old_vars.get(var.name)
+    for var in logical_variables(model.variables):
+        name = logical_name(var)
+        old = old_vars.get(name)
         if old is None:
-            report["skipped"].append(var.name)
+            report["skipped"].append(name)
             continue
-        if tuple(old.shape) == tuple(var.shape) and "embedding_" not in var.name:
+        if tuple(old.shape) == tuple(var.shape) and "embedding_" not in name:
             var.assign(old)
             report["copied"] += 1
             continue
-        feature = next((c for c in new_vocab_files if f"embedding_{c}/" in var.name), None)
+        feature = next((c for c in new_vocab_files if f"embedding_{c}/" in name), None)
         old_vocab_path = os.path.join(base_dir, VOCAB_DIR, feature) if feature else None
         if feature and tf.io.gfile.exists(old_vocab_path) and old.shape.rank == 2:
-            table, moved = remap_rows(old.numpy(), _read_vocab(old_vocab_path), var.numpy(),
+            table, moved = remap_rows(old.numpy(), _read_vocab(old_vocab_path),
+                                      tf.convert_to_tensor(var).numpy(),
                                       _read_vocab(new_vocab_files[feature]))
             var.assign(table)
             report["remapped"] += 1
@@ -161,7 +185,7 @@ def warm_start(model, base_dir: str, new_vocab_files: dict) -> dict:
             var.assign(old)
             report["copied"] += 1
         else:
-            report["skipped"].append(var.name)
+            report["skipped"].append(name)
     return report
 
 
@@ -186,37 +210,65 @@ def training_log_callbacks(log_dir: str, steps: int) -> list:
 def run_fn(fn_args):
     import tensorflow_transform as tft
 
+    from matta_tf import distribute
+
     cc = dict(fn_args.custom_config or {})
+    dist = distribute.DistributionConfig.from_dict(
+        cc.get("distribution"), where="Trainer custom_config distribution")
+    if distribute.is_server_task(dist):
+        # A worker / ps task of a parameter-server cluster: serve the coordinator until
+        # the job ends (the platform stops these tasks when the chief is done).
+        distribute.run_server(join=True)
+        return
+    strategy = distribute.make_strategy(dist)
+    chief = distribute.is_chief(dist)
+
     transform_config = cc["transform"]
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
     ranker_dict = trainer_ranker_dict(cc.get("ranker", {}), feature_block(tft_output, transform_config),
                                       where="Trainer custom_config ranker")
     batch_size = int(cc.get("batch_size", 256))
-    model = build_model(ranker_dict)
-
     vocab_files = {c: tft_output.vocabulary_file_by_name(c) for c in transform_config["categorical"]}
     info = {"warm_start": None}
     base_model = getattr(fn_args, "base_model", None)
+    old_model = None
     if base_model and tf.io.gfile.exists(os.path.join(base_model, CONFIG_FILE)):
-        info["warm_start"] = warm_start(model, base_model, vocab_files)
-        print(f"[matta trainer] warm start from {base_model}: "
-              f"{info['warm_start']['copied']} copied, {info['warm_start']['remapped']} remapped")
+        old_model, _ = load_trained(base_model)  # an ordinary model, outside the strategy
 
-    optimizer, opt_name = make_optimizer(cc.get("optimizer", "shampoo"),
-                                         float(cc.get("learning_rate", 3e-3)))
-    model.compile(optimizer=optimizer)
-    train = transformed_dataset(fn_args.train_files, tft_output, batch_size, shuffle=True,
-                                seed=int(ranker_dict.get("seed", 0))).repeat()
+    with strategy.scope():
+        model = build_model(ranker_dict)
+        if old_model is not None:
+            info["warm_start"] = warm_start(model, base_model, vocab_files, old_model=old_model)
+            print(f"[matta trainer] warm start from {base_model}: "
+                  f"{info['warm_start']['copied']} copied, {info['warm_start']['remapped']} remapped")
+        optimizer, opt_name = make_optimizer(cc.get("optimizer", "shampoo"),
+                                             float(cc.get("learning_rate", 3e-3)))
+        model.compile(optimizer=optimizer, steps_per_execution=dist.steps_per_execution)
+    seed = int(ranker_dict.get("seed", 0))
+    train = distribute.distributed_dataset(dist, lambda: transformed_dataset(
+        fn_args.train_files, tft_output, batch_size, shuffle=True, seed=seed).repeat())
     # Repeated so `eval_steps` batches always exist, even for a tiny eval split.
-    evaluation = transformed_dataset(fn_args.eval_files, tft_output, batch_size,
-                                     shuffle=False).repeat()
+    evaluation = distribute.distributed_dataset(dist, lambda: transformed_dataset(
+        fn_args.eval_files, tft_output, batch_size, shuffle=False).repeat())
     steps = int(fn_args.train_steps or 100)
     epochs = max(1, int(cc.get("epochs", 1)))
-    history = model.fit(
-        train, epochs=epochs, steps_per_epoch=max(1, steps // epochs),
-        validation_data=evaluation,
-        validation_steps=int(fn_args.eval_steps or 10),
-        callbacks=training_log_callbacks(fn_args.model_run_dir, steps), verbose=2)
-    info.update(steps=steps, optimizer=opt_name, batch_size=batch_size,
-                final={k: float(v[-1]) for k, v in history.history.items()})
-    save_trained(model, ranker_dict, fn_args.serving_model_dir, vocab_files, info)
+    # Only the chief writes where the pipeline looks; other workers of a synchronous
+    # cluster still run the same callbacks and save (they may involve collectives).
+    scratch = None if chief else tempfile.mkdtemp(prefix="matta-trainer-worker-")
+    try:
+        log_dir = fn_args.model_run_dir if chief else os.path.join(scratch, "logs")
+        history = model.fit(
+            train, epochs=epochs, steps_per_epoch=max(1, steps // epochs),
+            validation_data=evaluation,
+            validation_steps=int(fn_args.eval_steps or 10),
+            callbacks=training_log_callbacks(log_dir, steps), verbose=2)
+        cluster = distribute.tf_config().get("cluster") or {}
+        info.update(steps=steps, optimizer=opt_name, batch_size=batch_size,
+                    distribution={**dist.to_dict(), "replicas_in_sync": strategy.num_replicas_in_sync,
+                                  "cluster": {job: len(tasks) for job, tasks in cluster.items()}},
+                    final={k: float(v[-1]) for k, v in history.history.items()})
+        save_trained(model, ranker_dict, fn_args.serving_model_dir if chief else os.path.join(scratch, "model"),
+                     vocab_files, info)
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)

@@ -58,15 +58,23 @@ class PipelineConfig:
     # A Trainer model directory (the `model` artifact URI) to warm-start from instead of the
     # previous span's model; the only warm start compiled for Kubeflow V2 / Vertex.
     warm_start_uri: str | None = None
+    # How the Trainer distributes training: matta_tf.distribute.DistributionConfig fields,
+    # {strategy: none | mirrored | multi_worker_mirrored | parameter_server, ...}; the
+    # cluster comes from TF_CONFIG at run time.
+    distribution: dict = dataclasses.field(default_factory=lambda: {"strategy": "none"})
 
     def __post_init__(self):
         from components.trainer_config import check_optimizer, ranker_dict
+        from matta_tf.distribute import DistributionConfig
 
         self.arms = tuple(self.arms)
+        if self.distribution is None:
+            self.distribution = {"strategy": "none"}
         # Validated here, so a typo fails on load (`pipeline compile` / `run`), not in the
         # Trainer after ExampleGen and Transform ran.
         ranker_dict(self.ranker, where="pipeline config: ranker")
         check_optimizer(self.optimizer, where="pipeline config: optimizer")
+        DistributionConfig.from_dict(self.distribution, where="pipeline config: distribution")
         _check_types(self)
         if self.direct_running_mode not in ("multi_processing", "multi_threading", "in_memory"):
             raise ValueError(f"pipeline config: direct_running_mode {self.direct_running_mode!r} is "

@@ -4,6 +4,9 @@
         MatTARanker (Mix'n'Match sampled, 40% of rows without a teacher) trained with Adam,
         then Shampoo, under the strategy TF_CONFIG calls for (multi_worker_mirrored with a
         cluster, none without); writes OUT_PREFIX_<optimizer>.npz (weights) and .json.
+    python tests/distribute_jobs.py trainer FN_ARGS_JSON
+        The TFX Trainer's run_fn (components/trainer_module.py) with the fn_args in the JSON
+        file; every task of a cluster runs it (as on Vertex AI), TF_CONFIG says which.
     python tests/distribute_jobs.py ps_coordinator OUT_DIR STEPS
         The coordinator of a parameter-server cluster (TF_CONFIG task chief): embedding
         tables split over the ps tasks; per optimizer the eval loss before / after `fit`, the
@@ -143,10 +146,21 @@ def ps_coordinator(out_dir: str, steps: int):
             json.dump(info, f, default=float)
 
 
+def trainer(fn_args_path: str):
+    import types
+
+    from components.trainer_module import run_fn
+
+    with open(fn_args_path) as f:
+        run_fn(types.SimpleNamespace(**json.load(f)))
+
+
 if __name__ == "__main__":
     job, *args = sys.argv[1:]
     if job == "mwms":
         mwms(args[0], int(args[1]), int(args[2]))
+    elif job == "trainer":
+        trainer(args[0])
     elif job == "ps_coordinator":
         ps_coordinator(args[0], int(args[1]))
     else:

@@ -222,3 +222,28 @@ def test_shampoo_refuses_a_sharded_kronecker_variable():
     opt = Shampoo(0.01, diagonal_only=("embeddings", "dense/kernel"))
     opt.build(kernel.variables)
     assert not any(opt.preconditioner_layout(v).is_kronecker for v in kernel.variables)
+
+
+# ------------------------------------------------------------------------- pipeline config
+
+
+def test_pipeline_config_validates_the_distribution_section_on_load(tmp_path):
+    import yaml
+
+    from pipelines.config import PipelineConfig
+
+    base = {"data_root": "data", "pipeline_root": "out"}
+    assert PipelineConfig.from_dict(base).distribution == {"strategy": "none"}
+    config = PipelineConfig.from_dict({**base, "distribution": {"strategy": "parameter_server",
+                                                                "min_shard_bytes": 4096}})
+    assert DistributionConfig.from_dict(config.distribution).min_shard_bytes == 4096
+    for bad, message in (({"strategy": "tpu"}, "pipeline config: distribution: strategy 'tpu' is not one of"),
+                         ({"strategy": "mirrored", "shards": 2}, "pipeline config: distribution: unknown keys"),
+                         ("mirrored", "pipeline config: distribution: expected a mapping")):
+        with pytest.raises(ValueError, match=message):
+            PipelineConfig.from_dict({**base, "distribution": bad})
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({**base, "distribution": {"strategy": "multi_worker_mirrored",
+                                                             "communication": "ring"}}))
+    loaded = PipelineConfig.from_file(str(path))
+    assert loaded.to_dict()["distribution"] == {"strategy": "multi_worker_mirrored", "communication": "ring"}
