@@ -207,7 +207,7 @@ def fit_teacher_table(table, numeric, categorical, export_dir: str, steps: int =
                                            max_vocabulary=max_vocabulary, log=log if k == 0 else None)
         feature_specs.append(features)
         tf.keras.utils.set_random_seed(seed + k)
-        model = StandaloneRanker(features, submodel, name=f"teacher_fold_{k}")
+        model = StandaloneRanker(features, submodel, seed=seed + k, name=f"teacher_fold_{k}")
         model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate),
                       loss=tf.keras.losses.BinaryCrossentropy(from_logits=True))
         ds = table_to_dataset(train, features, batch_size=batch_size, shuffle_seed=seed + k, repeat=True)

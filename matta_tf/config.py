@@ -261,6 +261,10 @@ class SubmodelSpec:
     def x0_width(self, features: FeatureSpec) -> int:
         return len(features.numeric) + len(features.categorical) * self.embedding_dim
 
+    def head_input_width(self, features: FeatureSpec) -> int:
+        """Width of the vector the logit head reads: the last MLP width, else x0's."""
+        return self.mlp_widths[-1] if self.mlp_widths else self.x0_width(features)
+
 
 @dataclass(frozen=True)
 class TAExpansion:

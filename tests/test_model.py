@@ -411,3 +411,18 @@ def test_size_heads_serialization_and_checkpoint(size_heads, tmp_path):
     np.testing.assert_array_equal(model.submodel(mix, features).numpy(), clone.submodel(mix, features).numpy())
     restored = tf.keras.utils.deserialize_keras_object(tf.keras.utils.serialize_keras_object(model))
     assert restored.config == model.config
+
+
+def test_shared_head_starts_at_the_students_glorot_scale():
+    """The shared head has max(x0, widths) rows but the Student reads only its leading
+    ones: its initial kernel is Glorot-scaled for the Student's head input (the plain
+    Glorot scale for all rows started the Student at about half a plain model's scale)."""
+    config = tiny_config()
+    model = MatTARanker(config)
+    kernel = model.network.head.kernel.numpy()
+    fan_in = config.student.head_input_width(config.features)
+    assert kernel.shape[0] > fan_in  # the head really is larger than what the Student reads
+    limit = np.sqrt(6.0 / (fan_in + 1))
+    assert np.abs(kernel).max() <= limit
+    assert np.abs(kernel).max() > 0.8 * limit  # uniform over +-limit, not the all-rows scale
+    assert np.sqrt(6.0 / (kernel.shape[0] + 1)) < 0.8 * limit
