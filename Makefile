@@ -2,7 +2,7 @@
 ENV := bin/matta-env
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-airflow lint demo bench bench-smoke lock clean
+.PHONY: setup test test-airflow lint demo bench bench-recipe bench-smoke lock clean
 setup:
 	bin/setup-env
 
@@ -26,7 +26,22 @@ bench:
 	$(ENV) python bench/bench_serving.py
 	$(ENV) python bench/bench_eventlog.py
 	$(ENV) python -m bench.run --full --data generated
-	if [ -d $(CRITEO_SAMPLE) ]; then $(ENV) python -m bench.run --full --data criteo:$(CRITEO_SAMPLE) --only quality,throughput --steps 60 --batch-size 256 --teacher-steps 120; fi
+	$(ENV) python -m bench.run --full --data generated:fitted --only quality
+	$(ENV) python -m bench.run --full --data movielens --only quality
+	if [ -d $(CRITEO_SAMPLE) ]; then $(ENV) python -m bench.run --full --data criteo:$(CRITEO_SAMPLE) --only quality,throughput --steps 60 --batch-size 256 --teacher-steps 30; fi
+
+# The MatTA recipe study on MovieLens-100k (bench/results/recipe/summary.md; ~1-2 hours here).
+RECIPE := $(ENV) python -m bench.recipe --data movielens --mix-sizes 1 --steps 150
+bench-recipe:
+	$(RECIPE) --stage search --trials 10
+	$(RECIPE) --stage lr --optimizers shampoo,adam
+	$(RECIPE) --stage final --seeds 3
+	$(RECIPE) --stage final --optimizers shampoo --seeds 3 --tuned-lr --tag tuned_lr
+	$(RECIPE) --stage ftsearch --optimizers adam
+	$(RECIPE) --stage ftfinal --optimizers adam --seeds 3
+	$(RECIPE) --stage tashape --optimizers adam --shape-seeds 2
+	$(RECIPE) --stage tashapeval --optimizers adam
+	$(RECIPE) --stage report --optimizers adam,shampoo
 
 bench-smoke:
 	$(ENV) python -m bench.run --smoke
