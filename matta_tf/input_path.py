@@ -335,6 +335,13 @@ def _column_index(parsed: dict, names: list[str], column_major: bool):
         return tf.where(lengths > 0, starts + offsets, tf.reduce_sum(counts) + column)
 
 
+def _signed_log1p(x):
+    """sign(x) log1p(|x|). |x| as max(x, -x) keeps grappler from fusing abs and log1p into
+    one `_UnaryOpsComposition`, which runs element by element (measured 4x slower than the
+    vectorised Log1p on [512, 13])."""
+    return tf.sign(x) * tf.math.log1p(tf.maximum(x, -x))
+
+
 def _gather_with_defaults(values, defaults, index):
     return tf.gather(tf.concat([values, defaults], 0), index)
 
@@ -416,7 +423,7 @@ class FusedEncoder(tf.Module):
         # value -> u (index among the distinct vocabulary values of all columns), then
         # u * ms + column -> row: a value known to another column only is a miss here.
         unique: dict[bytes, int] = {}
-        keys2, rows2 = [], []
+        keys2, rows2, first_row = [], [], {}
         for p, col in enumerate(sc):
             j = self._string_cols[p]
             rows = col.post(np.asarray(col.hit_ids, np.int64)) + offsets[j]
@@ -424,14 +431,23 @@ class FusedEncoder(tf.Module):
                 raise UnsupportedInputPath(f"column {col.name!r}: vocabulary ids outside its rows")
             for v, r in zip(col.vocabulary, rows, strict=True):
                 u = unique.setdefault(v, len(unique))
+                first_row.setdefault(v, int(r))
                 keys2.append(u * ms + p)
                 rows2.append(int(r))
         self._has_table = bool(unique)
+        # No value in two columns' vocabularies (the usual case): value -> its row directly,
+        # a hit when the row lies in the column's block. Else value -> u, (u, column) -> row.
+        self._direct_rows = len(keys2) == len(unique)
         if self._has_table:
             self.values = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-                tf.constant(list(unique), tf.string), tf.range(len(unique), dtype=tf.int64)), -1)
-            self.rows_table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-                tf.constant(keys2, tf.int64), tf.constant(rows2, tf.int64)), -1)
+                tf.constant(list(unique), tf.string),
+                tf.constant(list(first_row.values()), tf.int64) if self._direct_rows
+                else tf.range(len(unique), dtype=tf.int64)), -1)
+            if not self._direct_rows:
+                self.rows_table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+                    tf.constant(keys2, tf.int64), tf.constant(rows2, tf.int64)), -1)
+        self._block_lo = tf.constant([[offsets[j]] for j in self._string_cols], tf.int64)
+        self._block_hi = tf.constant([[offsets[j] + cats[j].rows] for j in self._string_cols], tf.int64)
         modulus = [groups[group_of[c.miss_buckets]][0] for c in sc]
         self._hash_groups = []  # (modulus, first, end) over the string-column order
         for p, mod in enumerate(modulus):
@@ -444,7 +460,8 @@ class FusedEncoder(tf.Module):
         self._miss_base = tf.constant([[c.miss_base] for c in sc], tf.int64)
         self._string_column = tf.constant([[p] for p in range(ms)], tf.int64)
         defaults = [_as_bytes(c.parse_default) for c in sc]
-        self._u_defaults = tf.constant([unique.get(d, -1) for d in defaults], tf.int64)
+        self._u_defaults = tf.constant(
+            [(first_row if self._direct_rows else unique).get(d, -1) for d in defaults], tf.int64)
         self._h_defaults = tf.constant(
             [tf.strings.to_hash_bucket_fast(d, m).numpy() for d, m in zip(defaults, modulus, strict=True)],
             tf.int64, shape=[ms])
@@ -526,7 +543,8 @@ class FusedEncoder(tf.Module):
         return numeric, strings, ints
 
     def _hash_values(self, values, counts=None):
-        """string values -> (u: distinct-value index or -1, h: hash mod its group's lcm).
+        """string values -> (u: the value's row (`_direct_rows`) or distinct-value index, -1
+        if in no vocabulary; h: hash mod its group's lcm).
         `values` are [ms, B] (string-column order) or, with `counts` (values per column),
         the columns' present values concatenated."""
         u = self.values.lookup(values) if self._has_table else -tf.ones_like(values, tf.int64)
@@ -564,12 +582,12 @@ class FusedEncoder(tf.Module):
             return x
         if self._tft_stage:
             if self._tft_log1p_any:
-                g = tf.sign(x) * tf.math.log1p(tf.abs(x))
+                g = _signed_log1p(x)
                 x = g if self._tft_log1p_all else tf.where(self._tft_log1p_mask, g, x)
             x = (x - self._tft_mean) / self._tft_std
         x = tf.where(tf.math.is_nan(x), self._fill, x)
         if self._log1p_any:
-            g = tf.sign(x) * tf.math.log1p(tf.abs(x))
+            g = _signed_log1p(x)
             x = g if self._log1p_all else tf.where(self._log1p_mask, g, x)
         if self._normalise:
             x = (x - self._mean) / self._std
@@ -586,10 +604,12 @@ class FusedEncoder(tf.Module):
             if index is not None:  # missing values: the column default's u and hash
                 u = _gather_with_defaults(u, self._u_defaults, index)
                 h = _gather_with_defaults(h, self._h_defaults, index)
-            if self._has_table:
-                hit = self.rows_table.lookup(u * self._ms + self._string_column)
-            else:
+            if not self._has_table:
                 hit = -tf.ones_like(u)
+            elif self._direct_rows:  # u is the value's row: a hit if it is this column's
+                hit = tf.where((u >= self._block_lo) & (u < self._block_hi), u, -1)
+            else:
+                hit = self.rows_table.lookup(u * self._ms + self._string_column)
             miss = self._miss_base + (tf.math.floormod(h, self._buckets) if self._reduce_buckets else h)
             if self._string_post:
                 miss = self._post_rule(miss, self._string_post_consts)

@@ -121,6 +121,20 @@ def test_columns_hashed_in_several_groups_when_bucket_counts_have_a_large_lcm(tm
                          - _logits(fused, "serving_default", examples=examples))) <= TOL
 
 
+def test_a_value_in_two_vocabularies_gets_each_columns_row(tmp_path):
+    features = FeatureSpec(categorical=(
+        CategoricalFeature("a", vocabulary=("x", "y", "shared")),
+        CategoricalFeature("b", vocabulary=("shared", "z"), oov_buckets=3)))
+    config = RankerConfig(features=features, student=SubmodelSpec(2, 0, (), (3,)), warmup_steps=0)
+    student = extract(_randomised(MatTARanker(config), 3), config.student)
+    fused = tf.saved_model.load(export_saved_model(student, str(tmp_path / "f"), features,
+                                                   input_path="fused"))
+    rows = {"a": ["shared", "z", "x", None, "shared"], "b": ["shared", "shared", "x", "z", None]}
+    want = student({k: tf.constant(["" if v is None else v for v in vals]) for k, vals in rows.items()})
+    got = _logits(fused, "serving_default", examples=make_examples(rows))
+    assert np.max(np.abs(got - want.numpy())) <= TOL
+
+
 def test_fused_parse_takes_empty_lists_as_missing_and_refuses_two_values(tmp_path):
     student = _raw_model()
     fused = tf.saved_model.load(export_saved_model(student, str(tmp_path / "f"), RAW_FEATURES))
