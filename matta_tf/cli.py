@@ -133,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args.command is None else 2
     configure_output(args.verbose)
     where = f"matta {command_name(args)}"
+    # Libraries the handlers drive parse sys.argv themselves (absl flags: `-v` would be
+    # read as its --verbosity; Beam's PipelineOptions() reads sys.argv[1:]); matta's own
+    # options are not theirs.
+    sys.argv = sys.argv[:1]
     try:
         with contextlib.ExitStack() as stack:
             if not args.verbose:

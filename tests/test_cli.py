@@ -137,3 +137,15 @@ def test_serve_on_a_busy_port_fails_at_once_in_one_line(tmp_path):
             assert result.stderr.strip().splitlines() == [
                 f"matta serve: error: {flag} {port}: cannot listen on 127.0.0.1:{port} "
                 "(Address already in use); is another server running?"]
+
+
+def test_handlers_do_not_see_mattas_own_argv(monkeypatch):
+    """absl flags and Beam's PipelineOptions() read sys.argv: `matta -v pipeline run` once
+    failed with `flag --verbosity=pipeline`. Handlers run with sys.argv[1:] empty."""
+    import matta_tf.commands as commands
+
+    seen = []
+    monkeypatch.setattr(commands, "_ranker_cost", lambda args: seen.append(list(sys.argv)) or 0)
+    monkeypatch.setattr(sys, "argv", ["matta", "-v", "ranker-cost", "--config", CONFIG])
+    assert main() == 0
+    assert seen == [["matta"]]
