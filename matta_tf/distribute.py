@@ -420,7 +420,11 @@ class LocalCluster:
         return json.dumps({"cluster": self.cluster, "task": {"type": kind, "index": index}})
 
     def start(self, kind: str, index: int, argv: list[str], env: dict | None = None):
-        full_env = {**os.environ, **self.env, **(env or {}), "TF_CONFIG": self.tf_config(kind, index)}
+        """Runs `argv` as task (kind, index); `env` overrides the environment (a value of
+        None removes the variable, e.g. {"TF_CONFIG": None} for a process outside the
+        cluster)."""
+        full_env = {**os.environ, **self.env, "TF_CONFIG": self.tf_config(kind, index), **(env or {})}
+        full_env = {k: v for k, v in full_env.items() if v is not None}
         out = subprocess.DEVNULL
         if self.log_dir:
             os.makedirs(self.log_dir, exist_ok=True)

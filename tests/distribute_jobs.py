@@ -4,6 +4,9 @@
         MatTARanker (Mix'n'Match sampled, 40% of rows without a teacher) trained with Adam,
         then Shampoo, under the strategy TF_CONFIG calls for (multi_worker_mirrored with a
         cluster, none without); writes OUT_PREFIX_<optimizer>.npz (weights) and .json.
+    python tests/distribute_jobs.py mirrored OUT_PREFIX STEPS GLOBAL_BATCH
+        The same under MirroredStrategy on 2 logical CPUs of one process
+        (OUT_PREFIX_mirrored_*), then without a strategy (OUT_PREFIX_single_*).
     python tests/distribute_jobs.py trainer FN_ARGS_JSON
         The TFX Trainer's run_fn (components/trainer_module.py) with the fn_args in the JSON
         file; every task of a cluster runs it (as on Vertex AI), TF_CONFIG says which.
@@ -78,13 +81,13 @@ def build(strategy, name: str, steps_per_execution: int = 1):
     return model
 
 
-def mwms(out_prefix: str, steps: int, global_batch: int):
+def mwms(out_prefix: str, steps: int, global_batch: int, distribution: dict | None = None):
     """Same program for every worker and for the one-process reference."""
     from matta_tf.datasets import table_to_dataset
     from matta_tf.distribute import DistributionConfig, distributed_dataset, make_strategy
 
-    dist = DistributionConfig.from_dict(
-        {"strategy": "multi_worker_mirrored" if os.environ.get("TF_CONFIG") else "none"})
+    dist = DistributionConfig.from_dict(distribution or {
+        "strategy": "multi_worker_mirrored" if os.environ.get("TF_CONFIG") else "none"})
     strategy = make_strategy(dist)
     data = table(steps * global_batch, seed=3)
     for name in OPTIMIZERS:
@@ -99,6 +102,17 @@ def mwms(out_prefix: str, steps: int, global_batch: int):
             info["root_failures"] = int(model.optimizer.root_failures.numpy())
         with open(f"{out_prefix}_{name}.json", "w") as f:
             json.dump(info, f)
+
+
+def mirrored(out_prefix: str, steps: int, global_batch: int):
+    """MirroredStrategy over 2 logical CPU devices of this process, then no strategy."""
+    import tensorflow as tf
+
+    cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+    mwms(f"{out_prefix}_mirrored", steps, global_batch,
+         {"strategy": "mirrored", "devices": ["/cpu:0", "/cpu:1"]})
+    mwms(f"{out_prefix}_single", steps, global_batch, {"strategy": "none"})
 
 
 def probe_rows(n: int = 64):
@@ -159,6 +173,8 @@ if __name__ == "__main__":
     job, *args = sys.argv[1:]
     if job == "mwms":
         mwms(args[0], int(args[1]), int(args[2]))
+    elif job == "mirrored":
+        mirrored(args[0], int(args[1]), int(args[2]))
     elif job == "trainer":
         trainer(args[0])
     elif job == "ps_coordinator":

@@ -68,6 +68,24 @@ def test_two_multi_worker_mirrored_workers_equal_one_process(tmp_path):
 
 
 @pytest.mark.slow
+def test_mirrored_two_devices_equal_one_device(tmp_path):
+    """MirroredStrategy over 2 logical CPU devices (set before TF starts: a subprocess)
+    vs no strategy in the same process: Adam and Shampoo weights within 1e-5."""
+    prefix = str(tmp_path / "run")
+    with LocalCluster({"chief": 1}, log_dir=str(tmp_path / "logs")) as cluster:
+        cluster.start("chief", 0, [sys.executable, JOBS, "mirrored", prefix, str(STEPS), str(GLOBAL_BATCH)],
+                      env={"TF_CONFIG": None})
+        assert cluster.wait("chief", 0, timeout=240) == 0, cluster.log("chief")[-3000:]
+    for name in jobs.OPTIMIZERS:
+        info = json.loads(open(f"{prefix}_mirrored_{name}.json").read())
+        assert info["replicas"] == 2 and info["iterations"] == STEPS
+        single, mirrored = (np.load(f"{prefix}_{kind}_{name}.npz") for kind in ("single", "mirrored"))
+        for key in single.files:
+            diff = float(np.max(np.abs(mirrored[key] - single[key])))
+            assert diff <= 1e-5, (name, info["names"][int(key.split("_")[1])], diff)
+
+
+@pytest.mark.slow
 def test_parameter_servers_shard_tables_train_and_export_unsharded_students(tmp_path):
     """Coordinator + 2 workers + 2 parameter servers, each its own process: every
     embedding table is split over both servers (and Adam's / Shampoo's slots sit with
