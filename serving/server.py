@@ -89,6 +89,7 @@ from serving.signatures import (
     call_signature,
     check_input_names,
     check_shape,
+    decode_tensors,
     get_signature,
     prepare_inputs,
     run_signature,
@@ -283,7 +284,7 @@ class ModelServer:
         check_request_tensors(request.inputs, sig, self.options.max_batch_size,
                               self.options.decoded_bytes_limit)
         with self.admission():
-            inputs = decode_request_tensors(request.inputs)
+            inputs = decode_tensors(request.inputs)
             result = self._run(loaded, signature_name, inputs, tuple(request.output_filter))
         return loaded, signature_name, self._finish(result)
 

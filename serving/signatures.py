@@ -37,6 +37,26 @@ def tensor_proto(value: np.ndarray):
     return tf.make_tensor_proto(value)
 
 
+def decode_tensors(protos) -> dict[str, np.ndarray]:
+    """`tensor_limits.decode_request_tensors` with a fast path for the usual request, a flat
+    list of byte strings (tf.Examples or string columns): `tf.make_ndarray` costs ~10 us a
+    tensor, a numpy object array of the values ~1 us. Call after `check_request_tensors`."""
+    from serving.tensor_limits import decode_request_tensors
+
+    out, rest = {}, {}
+    for name, proto in protos.items():
+        dims = [d.size for d in proto.tensor_shape.dim]
+        if proto.dtype == 7 and len(dims) == 1 and len(proto.string_val) == dims[0]:
+            arr = np.empty(dims[0], dtype=object)
+            arr[:] = list(proto.string_val)
+            out[name] = arr
+        else:
+            rest[name] = proto
+    if rest:
+        out.update(decode_request_tensors(rest))
+    return out
+
+
 def _coerce_input(name: str, value: Any, spec) -> np.ndarray:
     """Checks one input against the signature's TensorSpec; INVALID_ARGUMENT on mismatch."""
     dtype = spec.dtype.name
