@@ -57,6 +57,7 @@ import matta_tf  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 # isort: split
 
 import argparse
+import atexit
 import dataclasses
 import json
 import os
@@ -415,6 +416,7 @@ class LocalCluster:
         self.log_dir = log_dir
         self.env = dict(env or {})
         self.procs: dict[tuple[str, int], subprocess.Popen] = {}
+        atexit.register(self.stop)  # also when the caller dies without reaching stop()
 
     def tf_config(self, kind: str, index: int = 0) -> str:
         return json.dumps({"cluster": self.cluster, "task": {"type": kind, "index": index}})
