@@ -103,7 +103,8 @@ def create_components(config: PipelineConfig, orchestrator: str = "local") -> li
         eval_args=tfx.proto.EvalArgs(num_steps=config.eval_steps),
         custom_config={"transform": transform_config, "ranker": dict(config.ranker),
                        "batch_size": config.batch_size, "epochs": config.epochs,
-                       "optimizer": config.optimizer, "learning_rate": config.learning_rate})
+                       "optimizer": config.optimizer, "learning_rate": config.learning_rate,
+                       "distribution": dict(config.distribution)})
     extractor = StudentExtractor(model=trainer.outputs["model"],
                                  transform_graph=transform.outputs["transform_graph"],
                                  arms=config.arms, mixnmatch=config.mixnmatch,

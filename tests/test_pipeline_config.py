@@ -62,3 +62,17 @@ def test_the_commented_example_config_loads_and_names_every_key():
 
     assert config.ranker == DEFAULT_RANKER  # the ranker block shows the Trainer's defaults
     assert config.split == {"method": "hash", "names": ["train", "eval"], "buckets": [4, 1]}  # ExampleGen's
+
+
+def test_the_trainer_gets_the_distribution_section(tmp_path):
+    """The config's `distribution:` reaches the Trainer's run_fn (custom_config)."""
+    import json
+
+    from pipelines.pipeline import create_components
+
+    config = PipelineConfig.from_dict({"data_root": str(tmp_path), "pipeline_root": str(tmp_path / "out"),
+                                       "distribution": {"strategy": "mirrored"}})
+    trainer = next(c for c in create_components(config) if c.id == "Trainer")
+    custom = trainer.exec_properties["custom_config"]
+    custom = json.loads(custom) if isinstance(custom, str) else custom
+    assert custom["distribution"]["strategy"] == "mirrored"
