@@ -16,7 +16,8 @@ examples/s per core: examples answered / CPU seconds the server process used in 
 (this process) is reported too, as is plain wall-clock examples/s (the machine has 2 cores
 shared by server, clients and anything else running: see the load average). Scenarios:
 
-    today                per-feature export, batching off  (the unbatched baseline)
+    today                per-feature export, batching off  (the unbatched baseline; with
+                         --today-repo, served by that checkout's `matta serve`)
     fused                fused export, batching off
     fused+batching       fused export, --enable-batching with the deployment's
                          batching_parameters.txt (written by serving.config.write_deployment)
@@ -51,7 +52,8 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
-def start_server(models_config: str, batching_file: str | None, grpc_threads: int):
+def start_server(models_config: str, batching_file: str | None, grpc_threads: int,
+                 repo: str = REPO):
     """`matta serve` with its defaults (--max-concurrency 4 predictions at once: more
     concurrent TensorFlow calls oversubscribe the cores) and enough gRPC threads that every
     client's request is taken at once (so batching can merge them)."""
@@ -59,7 +61,9 @@ def start_server(models_config: str, batching_file: str | None, grpc_threads: in
            "--grpc-port", "0", "--rest-port", "-1", "--grpc-threads", str(grpc_threads)]
     if batching_file:
         cmd += ["--enable-batching", "--batching-parameters-file", batching_file]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
+    env = dict(os.environ, PYTHONPATH=repo)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            cwd=repo, env=env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -154,6 +158,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--scenarios", default="today,fused,fused+batching,fused+batching cols")
+    parser.add_argument("--today-repo", default=REPO,
+                        help="checkout whose `matta serve` runs the `today` scenario (e.g. the "
+                             "commit before issue 16, `git archive <commit> | tar -x -C DIR`); "
+                             "default: this one")
     parser.add_argument("--max-batch-size", type=int, default=512)
     parser.add_argument("--batch-timeout-micros", type=int, default=2000)
     parser.add_argument("--out", default=os.path.join(REPO, "bench", "results", "serving_throughput.json"))
@@ -205,7 +213,8 @@ def main(argv=None) -> int:
             dep = deployments[path]
             proc, port = start_server(dep.models_config_path,
                                       dep.batching_parameters_path if batched else None,
-                                      grpc_threads=max(8, args.clients))
+                                      grpc_threads=max(8, args.clients),
+                                      repo=args.today_repo if scenario == "today" else REPO)
             try:
                 for arm in arms:
                     reqs = requests_ex if wire == "examples" else requests_cols
