@@ -55,6 +55,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from components import logschema as ls
+from components.click_log_example_gen.rows import _quarantine
 
 CHUNK_BYTES = 4 << 20  # bytes of whole lines handed to pyarrow at a time
 PARQUET_BATCH_ROWS = 65536
@@ -370,9 +371,6 @@ class FileReader:
 
     def __init__(self, plan: Plan, path: str, src: int, id_source: str | None,
                  chunk_bytes: int = CHUNK_BYTES):
-        from components import example_gen as eg
-
-        self._eg = eg
         self.plan = plan
         self.schema = plan.schema
         self.path = path
@@ -392,7 +390,7 @@ class FileReader:
         try:
             record = ls.validate_row(self.schema, raw, self.path, row, self.id_source)
         except ls.RowError as err:
-            self._out.append(("bad", self._eg._quarantine(
+            self._out.append(("bad", _quarantine(
                 err.reason, self.path, row, err.detail, err.column, err.value, raw, line)))
             return
         self._py_good.append((record, row, line))
@@ -773,8 +771,6 @@ def read_teacher_file(path: str):
     rows read) of one teacher Parquet file; same checks and records as the row path."""
     import pyarrow.parquet as pq
 
-    from components import example_gen as eg
-
     bad, tables, rows = [], [], 0
     with ls.open_file(path) as f:
         pf = pq.ParquetFile(f)
@@ -819,7 +815,7 @@ def read_teacher_file(path: str):
                     try:
                         iid_ok, logit_ok = ls.validate_teacher_row(iid, logit)
                     except ls.RowError as err:
-                        bad.append(eg._quarantine(
+                        bad.append(_quarantine(
                             err.reason, path, line, err.detail, err.column, err.value,
                             {"impression_id": iid, "teacher_logit": logit}, line))
                         continue
@@ -1005,8 +1001,6 @@ def shard_file(split_uri: str, shard: int, num_shards: int) -> str:
 def finish_shard(plan: Plan, sources: list[str], batches, teacher: TeacherIndex,
                  shard: int, split_uris: dict[str, str], level: int = GZIP_LEVEL):
     """Dedups, joins and writes one shard; returns (quarantine records, counts)."""
-    from components import example_gen as eg
-
     batches = [b for b in batches if b is not None and b.num_rows]
     if batches:
         table = pa.Table.from_batches(batches, schema=plan.batch_schema).combine_chunks()
@@ -1033,7 +1027,7 @@ def finish_shard(plan: Plan, sources: list[str], batches, teacher: TeacherIndex,
             first_source, _, first_line, _ = occ[0]
             for source, r, li, j in occ[1:]:
                 keep[j] = False
-                bad.append(eg._quarantine(
+                bad.append(_quarantine(
                     ls.DUPLICATE_IMPRESSION_ID, source, r,
                     f"impression id first seen at {first_source}, line {first_line}",
                     "impression_id", iid, line=li))
@@ -1056,7 +1050,7 @@ def finish_shard(plan: Plan, sources: list[str], batches, teacher: TeacherIndex,
                 ls.check_teacher_logits(teacher.failing[iid])
                 raise AssertionError(f"teacher logits of {iid!r} pass the check")
             except ls.RowError as err:
-                bad.append(eg._quarantine(err.reason, sources[src[j]], int(row[j]), err.detail,
+                bad.append(_quarantine(err.reason, sources[src[j]], int(row[j]), err.detail,
                                           err.column, err.value, line=int(line[j])))
     logit = np.where(matched, logit, 0.0)
     has_teacher = matched.astype(np.int64)
@@ -1278,15 +1272,17 @@ def build_graph(p, sources, teacher_files, schema_dict, split, split_uris, quara
     teacher_parts = f"{teacher_quarantine_path}.parts-{run_id}"
     elements = [(path, id_source, paths.index(path)) for path, id_source in sources]
     args = (schema_dict, split, num_shards)
-    files = p | "LogFiles" >> beam.Create(elements)
+    files = p | "LogFiles" >> beam.Create(elements, reshuffle=False)
     if len(elements) > 1:  # one file per element; reshuffle so files spread over workers
         files = files | "ReshuffleFiles" >> beam.Reshuffle()
     read = files | "ReadValidate" >> beam.ParDo(
         _ReadLogFile(*args, chunk_bytes, log_parts)).with_outputs("counts", main="good")
     # Every shard runs (and writes its files) even when it has no rows.
-    log = ((read.good, p | "AllShards" >> beam.Create([(k, None) for k in range(num_shards)]))
+    shards = p | "AllShards" >> beam.Create([(k, None) for k in range(num_shards)],
+                                            reshuffle=False)
+    log = ((read.good, shards)
            | "LogAndShards" >> beam.Flatten())
-    teacher = p | "TeacherFiles" >> beam.Create(list(enumerate(teacher_files)))
+    teacher = p | "TeacherFiles" >> beam.Create(list(enumerate(teacher_files)), reshuffle=False)
     if len(teacher_files) > 1:
         teacher = teacher | "ReshuffleTeacherFiles" >> beam.Reshuffle()
     teacher = teacher | "ReadTeacher" >> beam.ParDo(
@@ -1319,5 +1315,5 @@ def build_graph(p, sources, teacher_files, schema_dict, split, split_uris, quara
 
     return ((read.counts, teacher.counts, done)
             | "AllCounts" >> beam.Flatten()
-            | "Sum" >> beam.CombineGlobally(_SumCounts())
+            | "Sum" >> beam.CombineGlobally(_SumCounts()).without_defaults()
             | "Finalize" >> beam.FlatMap(finalize))
