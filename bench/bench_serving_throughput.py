@@ -22,6 +22,7 @@ shared by server, clients and anything else running: see the load average). Scen
     fused+batching       fused export, --enable-batching with the deployment's
                          batching_parameters.txt (written by serving.config.write_deployment)
     fused+batching cols  the same, requests as columns to predict_raw instead of tf.Examples
+    fused[+batching] ids the same, requests as raw numerics + TFT ids to predict_ids
 """
 from __future__ import annotations
 
@@ -146,7 +147,19 @@ def run_load(port: int, label: str, requests: list, clients: int, seconds: float
 def call(client, label, request, wire):
     if wire == "examples":
         return client.predict_examples("ranker", request, label=label)
+    if wire == "ids":
+        return client.predict_ids("ranker", request["numeric"], request["ids"], label=label)
     return client.predict_columns("ranker", request, label=label)
+
+
+def ids_of(columns: dict, tft_output, numeric: list[str], categorical: list[str]) -> dict:
+    """predict_ids inputs of predict_raw columns: raw numerics, TFT-transformed ids."""
+    import tensorflow as tf
+
+    raw = {k: tf.sparse.from_dense(tf.constant(v)[:, None]) for k, v in columns.items()}
+    transformed = tft_output.transform_raw_features(raw)
+    return {"numeric": np.stack([np.asarray(columns[n], np.float32) for n in numeric], 1),
+            "ids": np.stack([transformed[c].numpy().reshape(-1) for c in categorical], 1).astype(np.int64)}
 
 
 def main(argv=None) -> int:
@@ -197,6 +210,9 @@ def main(argv=None) -> int:
     requests_ex = [examples[i:i + args.batch] for i in range(0, 256, args.batch)]
     names = {k: v.dtype for k, v in parse_spec.items()}
     requests_cols = [columns_of(r, names) for r in requests_ex[:64]]
+    first = extract(model, specs[arms[0]])
+    requests_ids = [ids_of(c, tft_output, [f.name for f in first.features.numeric],
+                           [f.name for f in first.features.categorical]) for c in requests_cols]
     scenario_defs = {
         "today": ("per_feature", False, "examples"),
         "per_feature+batching": ("per_feature", True, "examples"),
@@ -204,6 +220,8 @@ def main(argv=None) -> int:
         "fused cols": ("fused", False, "columns"),
         "fused+batching": ("fused", True, "examples"),
         "fused+batching cols": ("fused", True, "columns"),
+        "fused ids": ("fused", False, "ids"),
+        "fused+batching ids": ("fused", True, "ids"),
     }
     scenarios = [s.strip() for s in args.scenarios.split(",")]
     runs = {s: {arm: [] for arm in arms} for s in scenarios}
@@ -217,7 +235,7 @@ def main(argv=None) -> int:
                                       repo=args.today_repo if scenario == "today" else REPO)
             try:
                 for arm in arms:
-                    reqs = requests_ex if wire == "examples" else requests_cols
+                    reqs = {"examples": requests_ex, "columns": requests_cols, "ids": requests_ids}[wire]
                     r = run_load(port, arm, reqs, args.clients, args.seconds, wire, proc.pid)
                     r["load_avg"] = os.getloadavg()
                     runs[scenario][arm].append(r)

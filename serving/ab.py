@@ -488,7 +488,10 @@ class ABRouter:
     def _call(self, arm_name: str, examples) -> np.ndarray:
         arm = self.config.arm(arm_name)
         client = self.clients[arm_name]
-        if isinstance(examples, Mapping):  # columns -> predict_raw, no tf.Example to parse
+        if isinstance(examples, Mapping) and set(examples) == {"numeric", "ids"}:
+            out = client.predict_ids(self.config.model_name, examples["numeric"], examples["ids"],
+                                     label=arm.label, timeout_s=self.timeout_s)
+        elif isinstance(examples, Mapping):  # columns -> predict_raw, no tf.Example to parse
             out = client.predict_columns(self.config.model_name, examples, label=arm.label,
                                          timeout_s=self.timeout_s)
         else:
@@ -507,8 +510,11 @@ class ABRouter:
 
     def rank(self, unit_id: str, examples, request_id: str | None = None) -> RankResult:
         """Scores the candidates for `unit_id` on its arm. `examples`: serialized tf.Examples
-        (-> `serving_default`), or columns {raw feature: [candidates]} (-> `predict_raw`:
-        the server parses nothing; see `serving.client` for when that is cheaper)."""
+        (-> `serving_default`), columns {raw feature: [candidates]} (-> `predict_raw`: the
+        server parses nothing), or {"numeric": [candidates, n], "ids": [candidates, m]}
+        (-> `predict_ids`). Measured on `matta serve` (docs/benchmarks.md, issue 16): ids are
+        the cheapest to serve, tf.Examples next, columns the dearest (one TensorProto per
+        feature)."""
         from serving.client import ServingClientError
 
         n_items = (len(next(iter(examples.values()))) if examples else 0) \

@@ -12,7 +12,11 @@
 
 Which is cheaper: a tf.Example batch is one string tensor the server parses (one parse op
 per batch); columns are one tensor per feature that need no parsing but more, smaller
-TensorProtos to build and decode (see bench/bench_input_path.py for measured costs).
+TensorProtos to build, check and decode - and every string value is a Python object on
+both sides. Measured against `matta serve` (bench/bench_serving_throughput.py,
+docs/benchmarks.md issue 16): ids are the cheapest (1.5x the examples/s per server core of
+tf.Examples at 10 examples a request, 2.1x at 256), columns the dearest (0.55x, 0.8x).
+In process, without gRPC, predict_raw is cheaper than serving_default (no parse).
 
 A model is addressed by name plus either a version number or a version label (neither:
 the latest version). Each call has a timeout; failures with a transient status

@@ -82,7 +82,7 @@ def test_columns_and_ids_score_like_examples_over_grpc_and_rest(served):
                                want, rtol=1e-6)
 
 
-def test_router_sends_columns_to_predict_raw(served, tmp_path):
+def test_router_sends_columns_to_predict_raw_and_ids_to_predict_ids(served, tmp_path):
     from serving.ab import ABRouter, EventLog, ExperimentConfig
     from serving.client import GrpcClient
 
@@ -95,8 +95,11 @@ def test_router_sends_columns_to_predict_raw(served, tmp_path):
         router = ABRouter(config, {"student": client}, log)
         by_examples = router.rank("u1", served["examples"])
         by_columns = router.rank("u1", _columns())
+        by_ids = router.rank("u1", {"numeric": np.stack([_columns()["x"], _columns()["y"]], 1),
+                                    "ids": served["ids"]})
     np.testing.assert_allclose(by_examples.scores, want, rtol=1e-6)
     np.testing.assert_allclose(by_columns.scores, want, rtol=1e-6)
+    np.testing.assert_allclose(by_ids.scores, want, rtol=1e-6)
     assert not by_columns.fallback and by_columns.error is None
 
 
