@@ -1,7 +1,7 @@
 """In-process serving cost of exported students: per-feature vs fused input path, and where
 the time goes (parse / feature transform / lookups / model / overhead).
 
-    bin/matta-env python bench/bench_input_path.py --pipeline-root /work/demo-check/pipeline \
+    bin/matta-env python bench/bench_input_path.py --pipeline-root <demo-root>/pipeline \
         [--rounds 12] [--out bench/results/input_path.json]
 
 From a finished pipeline run (`matta demo` / `matta pipeline run`) it takes the Trainer's

@@ -1,7 +1,7 @@
 """gRPC throughput of `matta serve` with many small concurrent requests: per-feature vs fused
 exports, batching off vs on, tf.Examples vs columns on the wire - in examples/s per core.
 
-    bin/matta-env python bench/bench_serving_throughput.py --pipeline-root /work/demo-check/pipeline \
+    bin/matta-env python bench/bench_serving_throughput.py --pipeline-root <demo-root>/pipeline \
         [--clients 16] [--batch 1] [--seconds 10] [--repeats 3] [--out bench/results/serving_throughput.json]
 
 The students are exported from a finished pipeline run as the StudentExtractor does (see
