@@ -8,15 +8,20 @@ logits in a separate Parquet table) and the same runner (Beam DirectRunner) it t
   columnar  ClickLogExecutor.Do (the TFX executor: validation, teacher join, dedup, split,
             gzipped TFRecords, quarantine, counts + accounting), the default engine
   rows      the same executor with engine="rows" (one row at a time in Python)
+  *_graph   run_click_log_graph in a plain Beam pipeline + counts written with
+            WriteToText + accounting (what bench/run.py's P3 times)
   limit     a Beam pipeline doing only pyarrow.csv.read_csv + tfx_bsl
             RecordBatchToExamples + an uncompressed TFRecord write (tf.io.TFRecordWriter)
   limit_gz  the same, written as ExampleGen writes (gzip level 1, columnar.TFRecordGzipWriter)
 
-plus `limit_inprocess` (the limit without Beam). Each case runs --repeats times; the JSON
+plus `limit_inprocess` (the limit without Beam). After --warmup untimed runs of each, the
+cases run --repeats times round-robin (one run of each per round, so a change in the
+machine's load hits them alike); the JSON
 (bench/results/ingest/ingest.json) keeps every time, the median, rows/s, the ratios
-(columnar / limit, columnar / limit_gz, columnar / rows), CPU seconds of this process,
-and `uptime` load averages before and after (the machine is shared: read rows/s with the
-load in mind). Workers: 1 = `--direct_num_workers=1` (in_memory); N > 1 =
+(columnar / limit, columnar / limit_gz, columnar / rows; by wall time and by CPU seconds
+of this process, which the DirectRunner's in-process workers run in), failed runs (e.g.
+the executor's accounting check) and `uptime` load averages before and after (the
+machine is shared: read wall-clock rows/s with the load in mind). Workers: 1 = `--direct_num_workers=1` (in_memory); N > 1 =
 `--direct_num_workers=N --direct_running_mode=multi_threading`.
 """
 from __future__ import annotations
@@ -188,17 +193,33 @@ def run_limit(workdir: str, log_path: str, gzip: bool, workers: int) -> dict:
 
 
 def timed(fn, repeats: int, log, warmup: int = 0) -> dict:
-    for _ in range(warmup):
-        fn()
-    times, cpu, result = [], [], None
-    for i in range(repeats):
+    """Times `repeats` runs after `warmup` untimed ones. A run that fails (e.g. the
+    executor's accounting check) is recorded in `failures` and left out of the medians."""
+    times, cpu, result, failures = [], [], None, []
+    for i in range(warmup + repeats):
         c0, t0 = time.process_time(), time.perf_counter()
-        result = fn()
+        try:
+            out = fn()
+        except Exception as err:  # noqa: BLE001  (reported, not hidden)
+            failures.append(f"{type(err).__name__}: {str(err)[:1000]}")
+            log(f"    run {i + 1}: FAILED {failures[-1][:300]}")
+            continue
+        if i < warmup:
+            continue
+        result = out
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-        log(f"    run {i + 1}: {times[-1]:.2f} s (cpu {cpu[-1]:.2f} s)")
-    return {"seconds": times, "median_seconds": statistics.median(times),
-            "cpu_seconds": cpu, "median_cpu_seconds": statistics.median(cpu), "result": result}
+        log(f"    run {i + 1 - warmup}: {times[-1]:.2f} s (cpu {cpu[-1]:.2f} s)")
+    return {"seconds": times, "cpu_seconds": cpu, "failures": failures, "result": result,
+            "median_seconds": statistics.median(times) if times else None,
+            "median_cpu_seconds": statistics.median(cpu) if cpu else None}
+
+
+def check_rows(props: dict, rows: int) -> dict:
+    if not props["rows_in"] == rows == props["rows_written"]:
+        raise RuntimeError(f"rows_in {props['rows_in']}, rows_written {props['rows_written']}, "
+                           f"expected {rows}")
+    return props
 
 
 def main(argv=None) -> dict:
@@ -236,35 +257,58 @@ def main(argv=None) -> dict:
               "load_before": load(), "cases": {}}
     log(f"bench_ingest: {args.rows:,} rows, {result['log_bytes'] / 1e6:.1f} MB CSV, "
         f"load {result['load_before']}")
+    # Every case as (key, fn, repeats, warmup); timed round-robin (one run of each case per
+    # round) so that a change of the machine's load hits all cases alike.
+    jobs = []
     if "limit_inprocess" in cases:
-        log("  limit_inprocess (no Beam)")
         out = os.path.join(args.workdir, "inprocess.tfrecord")
-        r = timed(lambda: limit_rows(log_path, out, False), args.repeats, log, args.warmup)
-        result["cases"]["limit_inprocess"] = r
+        jobs.append(("limit_inprocess", lambda: limit_rows(log_path, out, False), args.repeats,
+                     args.warmup))
     for workers in workers_list:
         for case in cases:
             if case == "limit_inprocess":
                 continue
-            key = f"{case}@{workers}"
-            log(f"  {key}")
             if case in ("columnar", "rows", "columnar_graph", "rows_graph"):
                 engine = case.split("_")[0]
                 run = run_graph if case.endswith("_graph") else run_examplegen
-                reps = args.rows_engine_repeats if engine == "rows" else args.repeats
-                r = timed(lambda e=engine, w=workers, run=run: run(
-                    args.workdir, log_path, teacher_path, e, w), reps, log,
-                    0 if engine == "rows" else args.warmup)
-                props = r["result"]
-                assert props["rows_in"] == args.rows == props["rows_written"], props
+                fast = engine != "rows"
+                jobs.append((f"{case}@{workers}",
+                             lambda e=engine, w=workers, run=run: check_rows(run(
+                                 args.workdir, log_path, teacher_path, e, w), args.rows),
+                             args.repeats if fast else args.rows_engine_repeats,
+                             args.warmup if fast else 0))
             elif case in ("limit", "limit_gz"):
-                r = timed(lambda c=case, w=workers: run_limit(
-                    args.workdir, log_path, c == "limit_gz", w), args.repeats, log,
-                    args.warmup)
+                jobs.append((f"{case}@{workers}", lambda c=case, w=workers: run_limit(
+                    args.workdir, log_path, c == "limit_gz", w), args.repeats, args.warmup))
             else:
                 raise ValueError(f"unknown case {case!r}")
-            result["cases"][key] = r
+    for key, fn, _, warmup in jobs:
+        if warmup:
+            log(f"  warm-up {key}")
+            timed(fn, 0, log, warmup)
+    partial = {key: [] for key, _, _, _ in jobs}
+    for round_ in range(max(reps for _, _, reps, _ in jobs)):
+        log(f"  round {round_ + 1}")
+        for key, fn, reps, _ in jobs:
+            if round_ < reps:
+                log(f"   {key}")
+                partial[key].append(timed(fn, 1, log))
+    for key, runs in partial.items():
+        merged = {"seconds": [], "cpu_seconds": [], "failures": [], "result": None}
+        for r in runs:
+            merged["seconds"] += r["seconds"]
+            merged["cpu_seconds"] += r["cpu_seconds"]
+            merged["failures"] += r["failures"]
+            merged["result"] = r["result"] if r["result"] is not None else merged["result"]
+        merged["median_seconds"] = (statistics.median(merged["seconds"])
+                                    if merged["seconds"] else None)
+        merged["median_cpu_seconds"] = (statistics.median(merged["cpu_seconds"])
+                                        if merged["cpu_seconds"] else None)
+        result["cases"][key] = merged
     for r in result["cases"].values():
-        r["rows_per_s"] = args.rows / r["median_seconds"]
+        r["rows_per_s"] = args.rows / r["median_seconds"] if r["median_seconds"] else None
+        r["rows_per_cpu_s"] = (args.rows / r["median_cpu_seconds"]
+                               if r["median_cpu_seconds"] else None)
     ratios = {}
     for workers in workers_list:
         for mine, others in (("columnar", ("limit", "limit_gz", "rows")),
@@ -272,16 +316,22 @@ def main(argv=None) -> dict:
             c = result["cases"].get(f"{mine}@{workers}")
             for other in others:
                 o = result["cases"].get(f"{other}@{workers}")
-                if c and o:
+                if c and o and c["rows_per_s"] and o["rows_per_s"]:
                     ratios[f"{mine}/{other}@{workers}"] = c["rows_per_s"] / o["rows_per_s"]
+                    ratios[f"{mine}/{other}@{workers} (cpu)"] = (c["rows_per_cpu_s"]
+                                                                 / o["rows_per_cpu_s"])
     result["ratios"] = ratios
     result["load_after"] = load()
     log("rows/s (median):")
     for key, r in result["cases"].items():
+        if not r["seconds"]:
+            log(f"  {key:22s} every run failed: {r['failures'][0][:200]}")
+            continue
+        fails = f", {len(r['failures'])} failed run(s)" if r["failures"] else ""
         log(f"  {key:22s} {r['rows_per_s']:9.0f} rows/s  ({r['median_seconds']:.2f} s, "
-            f"cpu {r['median_cpu_seconds']:.2f} s)")
+            f"cpu {r['median_cpu_seconds']:.2f} s{fails})")
     for key, v in ratios.items():
-        log(f"  {key:22s} {v:.2f}x")
+        log(f"  {key:30s} {v:.2f}x")
     log(f"load before {result['load_before']} after {result['load_after']}")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

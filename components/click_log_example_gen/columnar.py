@@ -59,7 +59,7 @@ from components.click_log_example_gen.rows import _quarantine
 
 CHUNK_BYTES = 4 << 20  # bytes of whole lines handed to pyarrow at a time
 PARQUET_BATCH_ROWS = 65536
-ENCODE_BATCH_ROWS = 32768
+ENCODE_BATCH_ROWS = 8192  # rows per encode call (and per compression job)
 SHARD_BYTES = 256 << 20  # input bytes per dedup/join/write shard (at least 1 shard)
 TEACHER_LOOKUP_MAX_BYTES = 64 << 20  # teacher Parquet bytes held as one in-memory index
 GZIP_LEVEL = 1  # zlib level of the TFRecord files (the row path's Beam sink uses 6)
@@ -1055,16 +1055,29 @@ def finish_shard(plan: Plan, sources: list[str], batches, teacher: TeacherIndex,
     logit = np.where(matched, logit, 0.0)
     has_teacher = matched.astype(np.int64)
     split = table.column(SPLIT).to_numpy()
-    for s_index, name in enumerate(plan.split["names"]):
-        sel = (split == s_index) & ~failed
-        writer = TFRecordGzipWriter(shard_file(split_uris[name], shard, plan.num_shards), level)
-        try:
+    # Each split's writer compresses on its own thread while the next parts are encoded;
+    # all are closed (joined, renamed into place) at the end.
+    writers = []
+    try:
+        for s_index, name in enumerate(plan.split["names"]):
+            sel = (split == s_index) & ~failed
+            writer = TFRecordGzipWriter(shard_file(split_uris[name], shard, plan.num_shards),
+                                        level)
+            writers.append((name, writer))
             if sel.any():
                 part = table if sel.all() else table.filter(pa.array(sel))
                 for records in encode_examples(plan, part, logit[sel], has_teacher[sel]):
                     writer.write_all(records)
-        finally:
-            writer.close()
+    finally:
+        errors = []
+        for _, writer in writers:
+            try:
+                writer.close()
+            except Exception as err:  # noqa: BLE001  (the first is raised below)
+                errors.append(err)
+        if errors:
+            raise errors[0]
+    for name, writer in writers:
         counts[f"written_{name}"] = writer.count
     return bad, counts
 
