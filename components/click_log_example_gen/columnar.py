@@ -34,9 +34,21 @@ that is not finite in float32, an integral check that fails, an id that might be
 or a label other than "0"/"1" is suspect.
 
 The teacher join is a keyed lookup: either every teacher row is grouped once into a
-`TeacherIndex` passed as a Beam side input (tables up to `teacher_lookup_max_bytes` of
+`TeacherIndex` built from a Beam side input (tables up to `teacher_lookup_max_bytes` of
 Parquet), or (bigger tables) teacher rows are keyed by the same shard hash as log rows
 and CoGroupByKey'd with them, so each shard only holds its part of the table.
+
+Outputs: each shard writes `data_tfrecord-<shard>-of-<shards>.gz` in every split
+directory (gzip level 1; framing and compression on a background thread per file),
+through a temporary name renamed into place, so a retried shard rewrites the same files.
+Readers and shards write their quarantine records to part files; the last step
+concatenates them (in file, then shard order) into `quarantine.jsonl` /
+`teacher_quarantine.jsonl` and sums the per-file / per-shard counts. The counts come
+from the readers (lines, rows) and the shards (written), independently, so the
+executor's accounting identities still check that nothing was lost in between.
+
+What is not columnar: a multi-character (or non-ASCII, quote, line-break) delimiter
+reads every line with the row path; one file is read by one worker (no splits of a file).
 """
 from __future__ import annotations
 
@@ -1275,6 +1287,8 @@ def build_graph(p, sources, teacher_files, schema_dict, split, split_uris, quara
         teacher_lookup_max_bytes = TEACHER_LOOKUP_MAX_BYTES
     chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
     paths = sorted({path for path, _ in sources})
+    if len(paths) != len(sources):
+        raise ValueError("ClickLogExampleGen: a log file is listed twice")
     teacher_files = sorted(teacher_files or [])
     if num_shards is None:
         num_shards = max(1, math.ceil(_file_sizes(paths) / SHARD_BYTES))
@@ -1283,7 +1297,8 @@ def build_graph(p, sources, teacher_files, schema_dict, split, split_uris, quara
     run_id = uuid.uuid4().hex
     log_parts = f"{quarantine_path}.parts-{run_id}"
     teacher_parts = f"{teacher_quarantine_path}.parts-{run_id}"
-    elements = [(path, id_source, paths.index(path)) for path, id_source in sources]
+    index = {path: i for i, path in enumerate(paths)}  # file order = the dedup order
+    elements = [(path, id_source, index[path]) for path, id_source in sources]
     args = (schema_dict, split, num_shards)
     files = p | "LogFiles" >> beam.Create(elements, reshuffle=False)
     if len(elements) > 1:  # one file per element; reshuffle so files spread over workers
