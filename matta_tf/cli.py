@@ -31,6 +31,7 @@ from matta_tf.console import filtered_stderr
 COMMAND_MODULES = (
     "matta_tf.commands",
     "components.commands",
+    "components.students_commands",
     "pipelines.commands",
     "serving.commands",
 )

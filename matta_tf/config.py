@@ -355,6 +355,10 @@ class RankerConfig:
       (the encoding is shared, so the extra cost is one cross/MLP forward and backward
       per size).
 
+    `mixnmatch_random_specs` = k > 0 (with ``"sampled"``) adds k random per-layer specs
+    (`random_pool`) to the pool the sampled size is drawn from - the sizes a budget search
+    (`matta_tf.frontier`) visits off the Student-TA line then get trained too.
+
     `size_heads` chooses the logit head of each *trained* size (Student, `mix_k`, TA):
 
     * ``"shared"`` (default): one head; a size reads the leading rows of its kernel;
@@ -379,6 +383,7 @@ class RankerConfig:
     cross_diag_scale: float = 0.0
     mixnmatch_train_specs: int = 0
     mixnmatch_training: str = "sampled"
+    mixnmatch_random_specs: int = 0
     size_heads: str = "shared"
     seed: int = 0
 
@@ -396,6 +401,15 @@ class RankerConfig:
             raise ValueError(f"cross_diag_scale must be >= 0, got {self.cross_diag_scale!r}")
         if not isinstance(self.mixnmatch_train_specs, int) or self.mixnmatch_train_specs < 0:
             raise ValueError(f"mixnmatch_train_specs must be an int >= 0, got {self.mixnmatch_train_specs!r}")
+        if (isinstance(self.mixnmatch_random_specs, bool) or not isinstance(self.mixnmatch_random_specs, int)
+                or self.mixnmatch_random_specs < 0):
+            raise ValueError(f"mixnmatch_random_specs must be an int >= 0, got {self.mixnmatch_random_specs!r}")
+        if self.mixnmatch_random_specs and not self.loss_weights.mixnmatch > 0:
+            raise ValueError("mixnmatch_random_specs trains sampled sizes with weight "
+                             "loss_weights.mixnmatch, which is 0: set it > 0")
+        if self.mixnmatch_random_specs and self.mixnmatch_training != "sampled":
+            raise ValueError("mixnmatch_random_specs adds specs to the sampled pool: it needs "
+                             f"mixnmatch_training 'sampled', not {self.mixnmatch_training!r}")
         if self.mixnmatch_training not in MIXNMATCH_TRAINING:
             raise ValueError(f"mixnmatch_training must be one of {list(MIXNMATCH_TRAINING)}, "
                              f"got {self.mixnmatch_training!r}")
@@ -489,6 +503,26 @@ class RankerConfig:
                 out[f"mix_{len(out) + 1}"] = spec
         return out
 
+    def random_pool(self) -> list[SubmodelSpec]:
+        """`mixnmatch_random_specs` distinct random Mix'n'Match specs (`random_spec`, every
+        layer's size drawn on its own, seeded by `seed`), none equal to the Student, the TA
+        or a `mix_k`: with `mixnmatch_training="sampled"` they join the pool one size is
+        drawn from per step, so a budget search (`matta_tf.frontier`) finds trained sizes
+        off the Student-TA line too. Fewer are returned if the space runs out."""
+        import numpy as np
+
+        rng = np.random.default_rng([self.seed, 0x4D4E4D])  # independent of other seeded draws
+        taken = {self.student, self.ta, *self.mixnmatch_specs(self.mixnmatch_train_specs).values()}
+        pool: list[SubmodelSpec] = []
+        for _ in range(50 * self.mixnmatch_random_specs):
+            if len(pool) == self.mixnmatch_random_specs:
+                break
+            spec = self.random_spec(rng)
+            if spec not in taken:
+                taken.add(spec)
+                pool.append(spec)
+        return pool
+
     def trained_specs(self) -> dict[str, SubmodelSpec]:
         """The named sizes training optimises: `student`, the `mix_k` of
         `mixnmatch_specs(mixnmatch_train_specs)`, `ta` (the sizes `size_heads` applies to)."""
@@ -526,6 +560,7 @@ class RankerConfig:
             "cross_diag_scale": self.cross_diag_scale,
             "mixnmatch_train_specs": self.mixnmatch_train_specs,
             "mixnmatch_training": self.mixnmatch_training,
+            "mixnmatch_random_specs": self.mixnmatch_random_specs,
             "size_heads": self.size_heads,
             "seed": self.seed,
         }

@@ -359,7 +359,8 @@ class MatTARanker(tf.keras.Model):
                                      head_init_fan_in=self.config.student.head_input_width(self.config.features),
                                      name="network")
         mixes = self.config.mixnmatch_specs(self.config.mixnmatch_train_specs)
-        self.train_mixnmatch_specs = list(mixes.values())
+        # The sampled pool: the trained mix_k plus `mixnmatch_random_specs` random sizes.
+        self.train_mixnmatch_specs = list(mixes.values()) + self.config.random_pool()
         # "all": every trained mix_k, by name, every step (a deterministic term, so it is
         # part of the evaluation loss too).
         self.all_mixnmatch_specs = mixes if self.config.mixnmatch_training == "all" else {}
