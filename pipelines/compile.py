@@ -44,7 +44,10 @@ def compile_kfp_v2(config, output: str, image: str = DEFAULT_IMAGE, vertex: bool
 
     Built by TFX's own `KubeflowV2DagRunner`; Vertex AI Pipelines and KFP v2 both run it
     (`vertex=True` uses PipelineSpec schema 2.1, which Vertex's template gallery needs).
-    `image` is the container every step runs in: it must have matta installed.
+    `image` is the container every step runs in: it must have matta installed. With
+    `vertex=True` and a `vertex_training` section the Trainer step submits a Vertex AI
+    custom job (worker pools per `distribution.strategy`, default image `image`; it needs
+    google-cloud-aiplatform in the image); nothing here submits either (no cloud access).
     Returns the written JSON as a dict.
     """
     try:
@@ -57,8 +60,11 @@ def compile_kfp_v2(config, output: str, image: str = DEFAULT_IMAGE, vertex: bool
                            "it is in requirements.lock - rebuild the environment") from err
     from pipelines.pipeline import create_pipeline
 
+    # Vertex: with a `vertex_training` section the Trainer becomes a Vertex AI custom job
+    # whose pools default to the same image (pipelines.vertex_training).
     pipeline = create_pipeline(config, metadata=False, orchestrator="kfp_v2",
-                               name=kfp_pipeline_name(config.name))
+                               name=kfp_pipeline_name(config.name),
+                               vertex_image=image if vertex else None)
     out_dir = os.path.dirname(os.path.abspath(output))
     runner = runner_cls(config=config_cls(default_image=image, use_pipeline_spec_2_1=vertex),
                         output_dir=out_dir, output_filename=os.path.basename(output))

@@ -62,6 +62,10 @@ class PipelineConfig:
     # {strategy: none | mirrored | multi_worker_mirrored | parameter_server, ...}; the
     # cluster comes from TF_CONFIG at run time.
     distribution: dict = dataclasses.field(default_factory=lambda: {"strategy": "none"})
+    # The Vertex AI Training job of the Trainer under `compile --runner vertex`: project,
+    # region, image, machine/accelerator and the worker pools the strategy needs
+    # (pipelines.vertex_training); other runners run the Trainer locally and ignore it.
+    vertex_training: dict | None = None
 
     def __post_init__(self):
         from components.trainer_config import check_optimizer, ranker_dict
@@ -74,7 +78,12 @@ class PipelineConfig:
         # Trainer after ExampleGen and Transform ran.
         ranker_dict(self.ranker, where="pipeline config: ranker")
         check_optimizer(self.optimizer, where="pipeline config: optimizer")
-        DistributionConfig.from_dict(self.distribution, where="pipeline config: distribution")
+        dist = DistributionConfig.from_dict(self.distribution, where="pipeline config: distribution")
+        if self.vertex_training is not None:
+            from pipelines.vertex_training import VertexTrainingConfig
+
+            VertexTrainingConfig.from_dict(self.vertex_training, dist.strategy,
+                                           where="pipeline config: vertex_training")
         _check_types(self)
         if self.direct_running_mode not in ("multi_processing", "multi_threading", "in_memory"):
             raise ValueError(f"pipeline config: direct_running_mode {self.direct_running_mode!r} is "

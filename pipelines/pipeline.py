@@ -16,6 +16,10 @@ or another pipeline's model), so for `orchestrator="kfp_v2"` the custom resolver
 out and warm start there is the Importer or nothing. `orchestrator="airflow"` (the DAG file
 `pipelines.compile` writes) keeps the resolver and gives the components the drivers TFX's
 legacy launcher needs (`pipelines.airflow_support`).
+
+Trainer: `compile --runner vertex` with a `vertex_training` section makes it TFX's Vertex
+Trainer extension (a Vertex AI custom job whose worker pools follow `distribution`, see
+`pipelines.vertex_training`); local runs, Airflow and Kubeflow V2 run TFX's local Trainer.
 """
 from __future__ import annotations
 
@@ -66,7 +70,33 @@ def warm_start_node(config: PipelineConfig, examples, orchestrator: str = "local
     ).with_id("previous_span_model")
 
 
-def create_components(config: PipelineConfig, orchestrator: str = "local") -> list:
+def make_trainer(config: PipelineConfig, orchestrator: str, vertex_image: str | None, **kwargs):
+    """The Trainer: TFX's local one, or with `vertex_image` (`compile --runner vertex`) and a
+    `vertex_training` section TFX's Vertex Trainer extension, which runs the same run_fn as a
+    Vertex AI custom job with the worker pools of `config.distribution`
+    (pipelines.vertex_training; `vertex_image` is the default image of its pools).
+
+    A Kubeflow V2 / Vertex step is one container, so a multi-process strategy compiled
+    without Vertex worker pools would have no cluster: that is an error, not a fallback.
+    """
+    from tfx import v1 as tfx
+
+    if vertex_image is not None and config.vertex_training:
+        from pipelines.vertex_training import vertex_trainer
+
+        return vertex_trainer(config, vertex_image, **kwargs)
+    strategy = config.distribution.get("strategy", "none")
+    if orchestrator == "kfp_v2" and strategy in ("multi_worker_mirrored", "parameter_server"):
+        raise ValueError(f"pipeline config: distribution strategy {strategy} needs a cluster, but a "
+                         "Kubeflow V2 / Vertex step runs the Trainer in one container: compile with "
+                         "--runner vertex and a vertex_training section (docs/CONFIG.md)")
+    return tfx.components.Trainer(**kwargs)
+
+
+def create_components(config: PipelineConfig, orchestrator: str = "local",
+                      vertex_image: str | None = None) -> list:
+    """The pipeline's components; `vertex_image` (compile --runner vertex only) makes the
+    Trainer a Vertex AI custom job when the config has `vertex_training` (`make_trainer`)."""
     from tfx import v1 as tfx
 
     from components import logschema
@@ -93,7 +123,8 @@ def create_components(config: PipelineConfig, orchestrator: str = "local") -> li
         preprocessing_fn="components.transform_module.preprocessing_fn",
         custom_config=transform_config)
     previous_model = warm_start_node(config, example_gen.outputs["examples"], orchestrator)
-    trainer = tfx.components.Trainer(
+    trainer = make_trainer(
+        config, orchestrator, vertex_image,
         run_fn="components.trainer_module.run_fn",
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
@@ -132,8 +163,9 @@ def create_components(config: PipelineConfig, orchestrator: str = "local") -> li
 
 
 def create_pipeline(config: PipelineConfig, metadata: bool = True, orchestrator: str = "local",
-                    name: str | None = None):
-    """The TFX pipeline object (SQLite MLMD at `config.metadata_path` when `metadata`)."""
+                    name: str | None = None, vertex_image: str | None = None):
+    """The TFX pipeline object (SQLite MLMD at `config.metadata_path` when `metadata`;
+    `vertex_image`: see `create_components`)."""
     from tfx import v1 as tfx
 
     kwargs = {}
@@ -143,7 +175,7 @@ def create_pipeline(config: PipelineConfig, metadata: bool = True, orchestrator:
             tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path))
     return tfx.dsl.Pipeline(
         pipeline_name=name or config.name, pipeline_root=config.pipeline_root,
-        components=create_components(config, orchestrator), enable_cache=config.enable_cache,
+        components=create_components(config, orchestrator, vertex_image), enable_cache=config.enable_cache,
         beam_pipeline_args=config.beam_pipeline_args(), **kwargs)
 
 
