@@ -27,6 +27,7 @@ the heuristic line and the picks marked.
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -44,6 +45,47 @@ from matta_tf.frontier import (
 )
 
 FRONTIER_FILE = "frontier.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetSearch:
+    """How StudentExtractor searches for budget picks (pipeline config `budget_search`)."""
+
+    selection_split: str = "validation"
+    grid_points: int = 3
+    random_specs: int = 32
+    seed: int = 0
+    max_rows: int | None = 20_000
+    latency_batch: int = 64
+    latency_calls: int = 200
+    verify_served: bool = True  # check a p99_ms pick on a real `matta serve`
+
+    def __post_init__(self):
+        if not isinstance(self.selection_split, str) or not self.selection_split:
+            raise ValueError(f"selection_split must be a split name, got {self.selection_split!r}")
+        for name, low in (("grid_points", 2), ("random_specs", 0), ("seed", 0), ("latency_batch", 1),
+                          ("latency_calls", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
+        if self.max_rows is not None and (isinstance(self.max_rows, bool) or not isinstance(self.max_rows, int)
+                                          or self.max_rows < 1):
+            raise ValueError(f"max_rows must be an int >= 1 or null, got {self.max_rows!r}")
+        if not isinstance(self.verify_served, bool):
+            raise ValueError(f"verify_served must be true or false, got {self.verify_served!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "budget_search") -> BudgetSearch:
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: expected a mapping, got {data!r}")
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; known: "
+                             f"{[f.name for f in dataclasses.fields(cls)]}")
+        try:
+            return cls(**data)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
 
 
 def split_files(examples_dir: str) -> list[str]:

@@ -137,6 +137,10 @@ class StudentExtractorExecutor(base_executor.BaseExecutor):
                 a.set_int_custom_property(f"{arm}_params", int(c["params"]))
             target.set_string_custom_property("arm", arm)
             tf.get_logger().info("exported %s (%d params) to %s", arm, c["params"], export_dir)
+        budgets = json.loads(exec_properties.get("budgets") or "[]")
+        if budgets:
+            export_dirs.update(self._budget_students(model, tft_output, input_dict, output_dict, exec_properties,
+                                                     budgets, students, summary, len(arms), model_name))
         deployment = write_deployment(students.uri, model_name, export_dirs)
         for arm, path in deployment.version_dirs.items():
             summary[arm]["path"] = path
@@ -145,11 +149,69 @@ class StudentExtractorExecutor(base_executor.BaseExecutor):
         students.set_string_custom_property("arms", ",".join(arms))
 
 
+    @staticmethod
+    def _budget_students(model, tft_output, input_dict, output_dict, exec_properties, budgets, students,
+                         summary, first_version, model_name) -> dict:
+        """Frontier on the selection split, one pick per budget (see components.student_budget);
+        writes `<students>/frontier/` (frontier.json, frontier.png, selection.json)."""
+        import shutil
+
+        import tensorflow as tf
+
+        from components import student_budget
+        from matta_tf.frontier import Budget
+
+        search = student_budget.BudgetSearch.from_dict(json.loads(exec_properties.get("budget_search") or "{}"))
+        if not input_dict.get("examples"):
+            raise ValueError("StudentExtractor: budgets need the `examples` input (the selection split)")
+        split_dir = artifact_utils.get_split_uri(input_dict["examples"], search.selection_split)
+        serialized = student_budget.read_serialized(student_budget.split_files(split_dir), search.max_rows)
+        workdir = os.path.join(students.uri, "frontier")
+        log = lambda msg: tf.get_logger().info(msg)  # noqa: E731
+        frontier = student_budget.build_frontier(
+            model, tft_output, serialized, workdir, grid_points=search.grid_points,
+            random_specs=search.random_specs, seed=search.seed, latency_batch=search.latency_batch,
+            latency_calls=search.latency_calls, model_name=model_name, log=log)
+        picks = student_budget.select_students(
+            frontier, [Budget.from_dict(b) for b in budgets], serialized, verify_served=search.verify_served, log=log)
+        student_budget.write_frontier(frontier, workdir)
+        student_budget.write_frontier_plot(frontier, os.path.join(workdir, "frontier.png"), picks)
+        with open(os.path.join(workdir, "selection.json"), "w") as f:
+            json.dump(picks, f, indent=1, sort_keys=True)
+        unmet = [p["budget"]["label"] for p in picks if p["label"] is None]
+        if unmet:
+            raise ValueError(f"StudentExtractor: no nested spec of this model fits budget(s) {unmet} "
+                             f"(see {workdir}/frontier.json)")
+        out = {}
+        for version, pick in enumerate(picks, start=first_version + 1):
+            label = pick["budget"]["label"]
+            target = artifact_utils.get_single_instance(output_dict[arm_output_key(label)])
+            export_dir = os.path.join(target.uri, "Format-Serving")
+            if os.path.exists(export_dir):
+                shutil.rmtree(export_dir)
+            shutil.copytree(frontier["exports"][pick["label"]], export_dir)
+            rec = pick["record"]
+            summary[label] = {"version": version, "spec": rec["spec"], "params": rec["params"],
+                              "madds_per_example": rec["madds_per_example"],
+                              "saved_model_bytes": rec.get("saved_model_bytes"), "warmup_requests": True,
+                              "budget": pick["budget"], "selected_spec": pick["label"],
+                              "selection_split": search.selection_split, "validation_auc": rec["auc"],
+                              "heuristic_spec": pick["heuristic"],
+                              "served_p99_ms": (pick["served"] or {}).get("p99_ms")}
+            for a in (target, students):
+                a.set_int_custom_property(f"{label}_params", int(rec["params"]))
+            target.set_string_custom_property("arm", label)
+            out[label] = export_dir
+        return out
+
+
 class StudentExtractorSpecBase(ComponentSpec):
     PARAMETERS = {
         "arms": ExecutionParameter(type=str),
         "mixnmatch": ExecutionParameter(type=int),
         "model_name": ExecutionParameter(type=str),
+        "budgets": ExecutionParameter(type=str, optional=True),  # JSON list of budget dicts
+        "budget_search": ExecutionParameter(type=str, optional=True),  # JSON BudgetSearch
     }
     INPUTS = {
         "model": ChannelParameter(type=standard_artifacts.Model),
@@ -182,14 +244,26 @@ class StudentExtractor(base_component.BaseComponent):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(StudentExtractorExecutor)
 
     def __init__(self, model, transform_graph, arms=DEFAULT_ARMS, mixnmatch: int = 1,
-                 model_name: str = "matta_ranker", examples=None):
+                 model_name: str = "matta_ranker", examples=None, budgets=(), budget_search=None):
+        from components.student_budget import BudgetSearch
+        from matta_tf.frontier import Budget
+
         arms = check_arms(arms, mixnmatch)
-        spec_cls = _spec_class(arms)
+        budgets = [Budget.from_dict(b, where=f"StudentExtractor: budgets[{i}]").to_dict()
+                   for i, b in enumerate(budgets)]
+        BudgetSearch.from_dict(budget_search or {}, where="StudentExtractor: budget_search")
+        labels = [b["label"] for b in budgets]
+        if len(set(labels)) != len(labels) or set(labels) & set(arms):
+            raise ValueError(f"StudentExtractor: budget labels {labels} must be distinct and differ from the arms")
+        if budgets and examples is None:
+            raise ValueError("StudentExtractor: budgets need `examples` (the selection split)")
+        spec_cls = _spec_class(arms + labels)
         channels = {STUDENTS_KEY: types.Channel(type=standard_artifacts.Model)}
-        for arm in arms:
+        for arm in arms + labels:
             channels[arm_output_key(arm)] = types.Channel(type=standard_artifacts.Model)
         if examples is not None:  # optional input
             channels["examples"] = examples
+        extra = {"budgets": json.dumps(budgets), "budget_search": json.dumps(budget_search or {})} if budgets else {}
         spec = spec_cls(model=model, transform_graph=transform_graph, arms=json.dumps(arms),
-                        mixnmatch=int(mixnmatch), model_name=model_name, **channels)
+                        mixnmatch=int(mixnmatch), model_name=model_name, **extra, **channels)
         super().__init__(spec=spec)

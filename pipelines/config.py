@@ -66,6 +66,11 @@ class PipelineConfig:
     # region, image, machine/accelerator and the worker pools the strategy needs
     # (pipelines.vertex_training); other runners run the Trainer locally and ignore it.
     vertex_training: dict | None = None
+    # Budget-aware students (components.student_budget): one export per budget, e.g.
+    # [{max_madds: 60000}, {max_p99_ms: 2, batch: 64, label: p99_2ms}], chosen on the
+    # `budget_search.selection_split` split (carve it from train with `split`).
+    budgets: list = dataclasses.field(default_factory=list)
+    budget_search: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         from components.trainer_config import check_optimizer, ranker_dict
@@ -85,6 +90,7 @@ class PipelineConfig:
             VertexTrainingConfig.from_dict(self.vertex_training, dist.strategy,
                                            where="pipeline config: vertex_training")
         _check_types(self)
+        self.budget_labels()  # validates budgets and budget_search
         if self.direct_running_mode not in ("multi_processing", "multi_threading", "in_memory"):
             raise ValueError(f"pipeline config: direct_running_mode {self.direct_running_mode!r} is "
                              "not multi_processing, multi_threading or in_memory")
@@ -92,6 +98,33 @@ class PipelineConfig:
             self.metadata_path = os.path.join(self.pipeline_root, "metadata.sqlite")
         if self.serving_dir is None:
             self.serving_dir = os.path.join(self.pipeline_root, "serving")
+
+    def budget_labels(self) -> list[str]:
+        """The version labels of the budget picks (validating `budgets`, `budget_search`)."""
+        from components.student_budget import BudgetSearch
+        from matta_tf.frontier import Budget
+
+        if not isinstance(self.budgets, list):
+            raise ValueError(f"pipeline config: budgets must be a list, got {self.budgets!r}")
+        search = BudgetSearch.from_dict(self.budget_search or {}, where="pipeline config: budget_search")
+        labels = [Budget.from_dict(b, where=f"pipeline config: budgets[{i}]").label
+                  for i, b in enumerate(self.budgets)]
+        clash = sorted({x for x in labels if labels.count(x) > 1} | (set(labels) & set(self.arms)))
+        if clash:
+            raise ValueError(f"pipeline config: budget labels {clash} repeat or equal an arm; give each "
+                             "budget a distinct label")
+        if labels:
+            names = list((self.split or {}).get("names", ["train", "eval"]))
+            if search.selection_split not in names:
+                raise ValueError(
+                    f"pipeline config: budgets pick students on the {search.selection_split!r} split, "
+                    f"but split.names is {names}; carve it from train, e.g. split: {{names: [train, "
+                    f"{search.selection_split}, eval], buckets: [8, 1, 2]}}")
+            if search.selection_split in ("train", "eval"):
+                raise ValueError(f"pipeline config: budget_search.selection_split {search.selection_split!r}: "
+                                 "use a split carved from train that the Trainer does not fit and the "
+                                 "Evaluator does not report")
+        return labels
 
     @classmethod
     def from_dict(cls, data: dict, base_dir: str | None = None) -> PipelineConfig:

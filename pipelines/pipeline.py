@@ -140,10 +140,11 @@ def create_components(config: PipelineConfig, orchestrator: str = "local",
                                  transform_graph=transform.outputs["transform_graph"],
                                  arms=config.arms, mixnmatch=config.mixnmatch,
                                  model_name=config.model_name,
-                                 examples=example_gen.outputs["examples"])
+                                 examples=example_gen.outputs["examples"],
+                                 budgets=config.budgets, budget_search=config.budget_search)
     components = [example_gen, statistics_gen, schema_gen, example_validator, transform,
                   *([previous_model] if previous_model is not None else []), trainer, extractor]
-    for arm in config.arms:
+    for arm in [*config.arms, *config.budget_labels()]:
         model = extractor.outputs[arm_output_key(arm)]
         evaluator = tfx.components.Evaluator(
             examples=example_gen.outputs["examples"], model=model,

@@ -384,3 +384,68 @@ def test_data_summary_and_html_views_come_from_the_newest_run(runs, tmp_path):
     assert "<h2>train: " in stats_page and "<h2>eval: " in stats_page and "<td>C1</td>" in stats_page
     evaluation = open(paths["evaluation"]).read()
     assert all(f"<td>{arm}</td>" in evaluation for arm in cfg.arms) and "auc" in evaluation
+
+
+def _latest_uri(cfg, type_name: str, producer: str | None = None) -> str:
+    store = _store(cfg)
+    arts = store.get_artifacts_by_type(type_name)
+    if producer:
+        arts = [a for a in arts if producer in a.uri]
+    return max(arts, key=lambda a: a.id).uri
+
+
+def test_student_extractor_budget_picks_are_exported_with_their_labels(runs, tmp_path):
+    """StudentExtractor with budgets (the pipeline's `budgets:`), run on the e2e pipeline's
+    own Trainer model, Transform graph and ExampleGen examples: each pick fits its budget,
+    is served under its label in models.config (versions after the arms), and a p99 pick
+    was checked on a real `matta serve`."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+    from tfx.types import artifact_utils, standard_artifacts
+
+    from components.student_extractor import StudentExtractorExecutor, arm_output_key
+    from matta_tf.frontier import parse_spec_label
+
+    cfg, *_ = runs
+    model = standard_artifacts.Model()
+    model.uri = _latest_uri(cfg, "Model", "Trainer")
+    graph = standard_artifacts.TransformGraph()
+    graph.uri = _latest_uri(cfg, "TransformGraph")
+    examples = standard_artifacts.Examples()
+    examples.uri = _latest_uri(cfg, "Examples", "ClickLogExampleGen")
+    examples.split_names = artifact_utils.encode_split_names(["train", "eval"])
+    budgets = [{"max_madds": 400}, {"max_params": 10**9, "label": "largest"},
+               {"max_p99_ms": 500.0, "batch": 16, "label": "p99_500ms"}]
+    arms = ["student", "ta"]
+    outputs = {}
+    for key in ["students", *[arm_output_key(a) for a in arms + ["madds_400", "largest", "p99_500ms"]]]:
+        art = standard_artifacts.Model()
+        art.uri = str(tmp_path / key)
+        os.makedirs(art.uri)
+        outputs[key] = [art]
+    # 'eval' stands in for a validation split here (the pipeline config insists on one).
+    search = {"selection_split": "eval", "grid_points": 2, "random_specs": 4, "latency_batch": 16,
+              "latency_calls": 20, "max_rows": 300}
+    StudentExtractorExecutor().Do(
+        {"model": [model], "transform_graph": [graph], "examples": [examples]}, outputs,
+        {"arms": json.dumps(arms), "mixnmatch": 1, "model_name": cfg.model_name,
+         "budgets": json.dumps(budgets), "budget_search": json.dumps(search)})
+    students = outputs["students"][0].uri
+    with open(os.path.join(students, "students.json")) as f:
+        summary = json.load(f)["arms"]
+    assert sorted(summary, key=lambda a: summary[a]["version"]) == ["student", "ta", "madds_400", "largest",
+                                                                    "p99_500ms"]
+    assert summary["madds_400"]["madds_per_example"] <= 400
+    assert summary["largest"]["validation_auc"] >= summary["madds_400"]["validation_auc"]
+    assert summary["p99_500ms"]["served_p99_ms"] is not None and summary["p99_500ms"]["served_p99_ms"] <= 500
+    for label in ("madds_400", "largest", "p99_500ms"):
+        spec = parse_spec_label(summary[label]["selected_spec"])
+        assert summary[label]["spec"] == spec.to_dict()
+        assert os.path.isfile(os.path.join(outputs[arm_output_key(label)][0].uri, "Format-Serving",
+                                           "saved_model.pb"))
+    with open(os.path.join(students, "models.config")) as f:
+        parsed = text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())
+    assert dict(parsed.model_config_list.config[0].version_labels) == {
+        "student": 1, "ta": 2, "madds_400": 3, "largest": 4, "p99_500ms": 5}
+    for name in ("frontier.json", "frontier.png", "selection.json"):
+        assert os.path.isfile(os.path.join(students, "frontier", name))
