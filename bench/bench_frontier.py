@@ -43,8 +43,8 @@ from bench import recipe as recipe_bench
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "results", "frontier")
 DEFAULT_CONFIG = os.path.join(os.path.dirname(HERE), "matta_tf", "configs", "default_ranker.yaml")
-MADDS_LEVELS = (0.0, 0.25, 0.5, 0.75)  # fraction of the way from Student to TA multiply-adds
-PARAMS_LEVELS = (0.33, 0.66)
+MADDS_LEVELS = (0.15, 0.4, 0.65, 0.9)  # fraction of the way from Student to TA multiply-adds
+PARAMS_LEVELS = (0.3, 0.7)
 
 
 def log(msg):

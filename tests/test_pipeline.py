@@ -449,3 +449,37 @@ def test_student_extractor_budget_picks_are_exported_with_their_labels(runs, tmp
         "student": 1, "ta": 2, "madds_400": 3, "largest": 4, "p99_500ms": 5}
     for name in ("frontier.json", "frontier.png", "selection.json"):
         assert os.path.isfile(os.path.join(students, "frontier", name))
+
+
+def test_cli_students_frontier_and_select(runs, tmp_path, capsys):
+    """`matta students frontier` on the e2e pipeline's artifacts writes the frontier and its
+    plot; `matta students select` exports the best front member within each budget and
+    says so; an impossible budget is an error exit naming it."""
+    from matta_tf.cli import main
+    from matta_tf.frontier import pareto_front
+
+    cfg, *_ = runs
+    out = tmp_path / "frontier"
+    assert main(["students", "frontier", "--model", _latest_uri(cfg, "Model", "Trainer"),
+                 "--transform-graph", _latest_uri(cfg, "TransformGraph"),
+                 "--examples", os.path.join(_latest_uri(cfg, "Examples", "ClickLogExampleGen"), "Split-eval"),
+                 "--out", str(out), "--grid-points", "2", "--random-specs", "3", "--max-rows", "200",
+                 "--latency-batch", "8", "--latency-calls", "10"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    with open(out / "frontier.json") as f:
+        frontier = json.load(f)
+    assert printed["candidates"] == len(frontier["records"]) and (out / "frontier.png").is_file()
+    front = pareto_front(frontier["records"].values(), "madds")
+    assert [r["label"] for r in front] == frontier["fronts"]["madds"]
+    limit = front[len(front) // 2]["madds_per_example"]
+    picks = tmp_path / "picks"
+    assert main(["students", "select", "--frontier", str(out), "--max-madds", str(limit),
+                 "--out", str(picks)]) == 0
+    exported = json.loads(capsys.readouterr().out)["exports"]
+    label = f"madds_{limit}"
+    assert list(exported) == [label] and (picks / label / "saved_model.pb").is_file()
+    with open(picks / "selection.json") as f:
+        pick = json.load(f)["picks"][0]
+    assert pick["label"] == front[len(front) // 2]["label"]  # best AUC within the budget is that front member
+    assert main(["students", "select", "--frontier", str(out), "--max-madds", "1", "--out", str(picks)]) == 1
+    assert "no exported candidate fits madds_1" in capsys.readouterr().err
