@@ -214,6 +214,14 @@ class FeatureSpec:
 # --------------------------------------------------------------------------- sizes
 
 
+def _int_list(value, name: str) -> tuple:
+    """`value` as a tuple; it must be a list or tuple (YAML `mlp_widths: 128` is a scalar,
+    and a string would silently split into characters)."""
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name} must be a list of ints, got {value!r}")
+    return tuple(value)
+
+
 @dataclass(frozen=True)
 class SubmodelSpec:
     """One nested granularity: which leading slices of the TA's weights are active.
@@ -229,8 +237,8 @@ class SubmodelSpec:
     mlp_widths: tuple[int, ...] = ()
 
     def __post_init__(self):
-        object.__setattr__(self, "cross_ranks", tuple(self.cross_ranks))
-        object.__setattr__(self, "mlp_widths", tuple(self.mlp_widths))
+        object.__setattr__(self, "cross_ranks", _int_list(self.cross_ranks, "cross_ranks"))
+        object.__setattr__(self, "mlp_widths", _int_list(self.mlp_widths, "mlp_widths"))
         _positive_int(self.embedding_dim, "embedding_dim")
         if isinstance(self.cross_layers, bool) or not isinstance(self.cross_layers, int) or self.cross_layers < 0:
             raise ValueError(f"cross_layers must be an int >= 0, got {self.cross_layers!r}")

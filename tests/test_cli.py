@@ -61,6 +61,20 @@ def test_user_mistakes_give_one_line_and_exit_2(tmp_path, capsys, argv, expected
     assert "Traceback" not in "".join(err)
 
 
+def test_scalar_mlp_widths_in_a_ranker_config_is_one_line(tmp_path, capsys):
+    import yaml
+
+    with open(CONFIG) as f:
+        data = yaml.safe_load(f)
+    data["student"]["mlp_widths"] = 128
+    config = tmp_path / "ranker.yaml"
+    config.write_text(yaml.safe_dump(data))
+    assert main(["ranker-cost", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("matta ranker-cost: error:"), err
+    assert "student: mlp_widths must be a list of ints, got 128" in err[0], err
+
+
 def test_generate_logs_format_follows_the_extension(tmp_path):
     out = tmp_path / "logs.parquet"
     assert main(["generate-logs", "--rows", "20", "--out", str(out), "--num-numeric", "1",
