@@ -3,13 +3,12 @@ import json
 import math
 import os
 
+import pyarrow as pa  # a core dependency: a broken install must fail, not skip
+import pyarrow.parquet as pq
 import pytest
 
 import matta_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from components import logschema
-
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
 
 HEADER = ["impression_id", "timestamp", "label", "I1", "I2", "C1", "C2"]
 SCHEMA = {

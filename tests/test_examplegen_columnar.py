@@ -12,15 +12,14 @@ import math
 import os
 import random
 
+import pyarrow as pa  # a core dependency: a broken install must fail, not skip
+import pyarrow.parquet as pq
 import pytest
 from test_examplegen import read_split
 from test_examplegen_hardening import assert_identities
 
 import matta_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from components import logschema
-
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
 
 COLUMNS = [("impression_id", "string"), ("timestamp", "int"), ("label", "int"),
            ("I1", "float"), ("I2", "float"), ("I3", "int"), ("C1", "string"), ("C2", "string"),

@@ -10,14 +10,13 @@ import json
 import math
 import os
 
+import pyarrow as pa  # a core dependency: a broken install must fail, not skip
+import pyarrow.parquet as pq
 import pytest
 from test_examplegen import HEADER, SCHEMA, good_row, read_quarantine, read_split, run_executor
 
 import matta_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from components import logschema
-
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
 
 TSV_SCHEMA = dict(SCHEMA, format="tsv")
 JSONL_SCHEMA = dict(SCHEMA, format="jsonl", header=False)

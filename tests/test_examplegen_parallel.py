@@ -13,12 +13,10 @@ import json
 import logging
 import os
 
-import pytest
+import pyarrow as pa  # a core dependency: a broken install must fail, not skip
+import pyarrow.parquet as pq
 
 import matta_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
 
 HEADER = ["impression_id", "timestamp", "label", "I1", "I2", "C1", "C2"]
 SCHEMA = {
