@@ -86,6 +86,8 @@ import os
 import re
 from typing import Any
 
+from matta_tf.contract import NON_FEATURE_COLUMNS, TEACHER_COLUMNS
+
 # Reason codes for quarantined rows. They are stable strings: they become artifact
 # property names (`quarantined_<code>`) and the `reason` field of quarantine records.
 WRONG_COLUMN_COUNT = "wrong_column_count"
@@ -199,10 +201,15 @@ class LogSchema:
         overlap = set(self.numeric_features) & set(self.categorical_features)
         if overlap:
             raise ValueError(f"log-schema: columns both numeric and categorical: {sorted(overlap)}")
-        reserved = {"teacher_logit", "has_teacher"} & set(names)
+        reserved = set(TEACHER_COLUMNS) & set(names)
         if reserved:
             raise ValueError(f"log-schema: column names {sorted(reserved)} are reserved for the "
                              "teacher join; teacher logits come from the teacher table")
+        # The serving side drops these names from the raw features (matta_tf.contract).
+        reserved = set(NON_FEATURE_COLUMNS) & set(self.feature_names)
+        if reserved:
+            raise ValueError(f"log-schema: features {sorted(reserved)} have reserved names that are "
+                             f"never model inputs (reserved: {list(NON_FEATURE_COLUMNS)})")
 
     # -- construction ---------------------------------------------------------------------
     @classmethod

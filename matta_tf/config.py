@@ -31,6 +31,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from matta_tf.contract import NON_FEATURE_COLUMNS
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -177,9 +179,11 @@ class FeatureSpec:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"feature spec: duplicate feature name(s) {dupes}")
-        reserved = {"label", "teacher_logit", "has_teacher"} & set(names)
+        # A feature of a reserved name would be dropped from the serving parse spec.
+        reserved = set(NON_FEATURE_COLUMNS) & set(names)
         if reserved:
-            raise ValueError(f"feature spec: {sorted(reserved)} are reserved names, not model features")
+            raise ValueError(f"feature spec: {sorted(reserved)} are reserved names, not model features "
+                             f"(reserved: {list(NON_FEATURE_COLUMNS)})")
 
     @property
     def names(self) -> list[str]:
