@@ -32,6 +32,7 @@ import os
 import numpy as np
 
 from components import logschema
+from matta_tf.metrics import binary_metrics
 
 DEFAULT_TEACHER_SPEC = {"embedding_dim": 16, "cross_layers": 3, "mlp_widths": [256, 128]}
 DEFAULT_FOLDS = 4
@@ -102,20 +103,6 @@ def id_hashes(ids) -> np.ndarray:
 def fold_of(hashes: np.ndarray, folds: int) -> np.ndarray:
     """Fold index in [0, folds) of every id hash (deterministic, ~uniform)."""
     return (hashes % np.uint64(folds)).astype(np.int64)
-
-
-def binary_metrics(logits, labels) -> dict:
-    """AUC (ties averaged) and log-loss in float64; AUC is NaN with one class only."""
-    from scipy.stats import rankdata
-
-    z = np.asarray(logits, np.float64)
-    y = np.asarray(labels, np.float64)
-    pos = y > 0.5
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    ranks = rankdata(z)
-    auc = (ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg) if n_pos and n_neg else float("nan")
-    logloss = float(np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z))))) if len(z) else float("nan")
-    return {"auc": float(auc), "logloss": logloss, "rows": len(z)}
 
 
 # --------------------------------------------------------------------------- fit
