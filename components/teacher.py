@@ -68,22 +68,50 @@ def read_valid_rows(schema: logschema.LogSchema, pattern: str, input_base: str |
     names = extra + list(schema.feature_names)
     cols = {"impression_id": [], "label": [], **{n: [] for n in names}}
     skipped = 0
+    reasons: dict[str, list] = {}  # reason -> [count, first error message]
     for path in files:
         id_source = logschema.relative_source(path, base)
-        for row, raw in logschema.iter_raw_rows(schema, path):
-            try:
-                rec = logschema.validate_row(schema, raw, path, row, id_source)
-            except logschema.RowError:
-                skipped += 1
-                continue
-            cols["impression_id"].append(rec["impression_id"])
-            cols["label"].append(rec[schema.label])
-            for n in names:
-                cols[n].append(rec[n])
+        try:
+            for row, line, raw in logschema.iter_records(schema, path):
+                try:
+                    rec = logschema.validate_row(schema, raw, path, row, id_source)
+                except logschema.RowError as err:
+                    skipped += 1
+                    seen = reasons.setdefault(err.reason, [0, None])
+                    seen[0] += 1
+                    if seen[1] is None:
+                        seen[1] = logschema.error_message(path, line, err.reason, err.detail, err.column,
+                                                          err.value)
+                    continue
+                cols["impression_id"].append(rec["impression_id"])
+                cols["label"].append(rec[schema.label])
+                for n in names:
+                    cols[n].append(rec[n])
+        except logschema.RowError:
+            raise
+        except ValueError as err:  # the whole file failed (header, missing Parquet columns)
+            raise ValueError(f"{err}{_did_you_mean(path, schema)}") from err
+    if skipped and not cols["impression_id"]:
+        raise ValueError(no_valid_rows_message(schema, pattern, files, skipped, reasons))
     types = {"impression_id": pa.string(), "label": pa.int64(), **{n: pa.int64() for n in extra},
              **{n: pa.float64() for n in schema.numeric_features},
              **{n: pa.string() for n in schema.categorical_features}}
     return pa.table({k: pa.array(v, types[k]) for k, v in cols.items()}), skipped
+
+
+def no_valid_rows_message(schema, pattern: str, files: list[str], read: int, reasons: dict) -> str:
+    """One line: rows read, none valid, the top quarantine reason with an example, and the
+    presets that would read the first file (a log read with the wrong --log-schema)."""
+    name = logschema.preset_name(schema)
+    reason, (count, example) = max(reasons.items(), key=lambda kv: kv[1][0])
+    return (f"read {read:,} rows from {len(files)} file(s) matching {pattern} with log-schema "
+            f"{repr(name) if name else '(the given one)'}, none valid: top reason {reason} "
+            f"({count:,} rows), e.g. {example}{_did_you_mean(files[0], schema)}")
+
+
+def _did_you_mean(path: str, schema) -> str:
+    candidates = logschema.presets_that_read(path, exclude=schema)
+    return f"; did you mean --log-schema {' or '.join(candidates)}?" if candidates else ""
 
 
 # --------------------------------------------------------------------------- folds
