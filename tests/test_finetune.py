@@ -7,7 +7,12 @@ import pytest
 import tensorflow as tf
 
 from matta_tf.config import RankerConfig, SubmodelSpec
-from matta_tf.datasets import SyntheticLogConfig, default_feature_spec, generate_click_logs, table_to_dataset
+from matta_tf.datasets import (
+    SyntheticLogConfig,
+    default_feature_spec,
+    generate_click_logs,
+    table_to_dataset,
+)
 from matta_tf.extract import count_params, extract
 from matta_tf.finetune import FinetuneWeights, finetune, finetune_loss_terms
 from matta_tf.model import MatTARanker
