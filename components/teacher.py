@@ -337,11 +337,11 @@ def score_teacher_table(table, teacher_dir: str, batch_size: int = 4096, unverif
                 f"{teacher_dir} has no {METRICS_FILE}: not a `matta teacher fit` export, so there is "
                 "no record of the rows it was trained on. Pass --unverified (unverified=True) to "
                 "score with its serving_default anyway.")
-        from matta_tf.export import make_examples
+        from matta_tf.contract import NON_FEATURE_COLUMNS, encode_examples
 
         serve = tf.saved_model.load(teacher_dir).signatures["serving_default"]
-        names = [c for c in table.column_names if c not in ("impression_id", "label", "teacher_logit")]
-        chunks = [serve(examples=tf.constant(make_examples(table.slice(s, batch_size).select(names).to_pydict())))
+        names = [c for c in table.column_names if c not in NON_FEATURE_COLUMNS]
+        chunks = [serve(examples=tf.constant(encode_examples(table.slice(s, batch_size).select(names).to_pydict())))
                   ["logit"].numpy() for s in range(0, n, batch_size)]
         logits = np.concatenate(chunks).astype(np.float64) if chunks else np.zeros([0])
         log(f"teacher score: {n:,} rows scored by an unverified teacher (no fitted-row check)")
