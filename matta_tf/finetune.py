@@ -30,7 +30,12 @@ import matta_tf  # noqa: F401
 # isort: split
 import tensorflow as tf
 
-from matta_tf.model import binary_cross_entropy, distillation_loss, masked_mean, teacher_mask_and_logits
+from matta_tf.model import (
+    binary_cross_entropy,
+    distillation_loss,
+    masked_mean,
+    teacher_mask_and_logits,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +88,7 @@ def finetune(model: tf.keras.Model, dataset, steps: int, optimizer, weights: Fin
             logits = model(features, training=True)
             terms = finetune_loss_terms(logits, labels, features, weights)
         grads = tape.gradient(terms["loss"], variables)
-        optimizer.apply_gradients(zip(grads, variables))
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
         return terms
 
     start = time.perf_counter()
