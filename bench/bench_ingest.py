@@ -44,18 +44,9 @@ DEFAULT_WORKDIR = os.path.join(HERE, "results", "tmp", "ingest")
 
 def log_schema() -> dict:
     """Log schema of the generated CSV (header row; teacher logits in their own table)."""
-    from matta_tf.datasets import SyntheticLogConfig
+    from components.logschema import synthetic_schema
 
-    c = SyntheticLogConfig()
-    columns = ([{"name": "impression_id", "type": "string"}, {"name": "timestamp", "type": "int"},
-                {"name": "label", "type": "int"}]
-               + [{"name": n, "type": "float"} for n in c.numeric_names]
-               + [{"name": n, "type": "string"} for n in c.categorical_names]
-               + [{"name": "click_prob", "type": "float"}])
-    return {"format": "csv", "header": True, "columns": columns, "label": "label",
-            "impression_id": "impression_id", "timestamp": "timestamp",
-            "numeric_features": list(c.numeric_names),
-            "categorical_features": list(c.categorical_names)}
+    return synthetic_schema("csv").to_dict()
 
 
 def load() -> list[float]:

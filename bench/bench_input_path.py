@@ -42,12 +42,12 @@ import time
 import numpy as np
 
 import matta_tf  # noqa: F401  (before TensorFlow)
+from matta_tf.contract import NON_FEATURE_COLUMNS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 ARMS = ("student", "mix_1", "ta")
-NON_FEATURES = ("label", "impression_id", "timestamp", "teacher_logit", "has_teacher")
 
 
 def latest(pattern: str) -> str:
@@ -72,7 +72,7 @@ def load_pipeline(root: str, count: int):
     examples = []
     for record in tf.data.TFRecordDataset(files, compression_type="GZIP").take(count):
         ex = tf.train.Example.FromString(record.numpy())
-        for name in NON_FEATURES:
+        for name in NON_FEATURE_COLUMNS:  # a client sends features only
             if name in ex.features.feature:
                 del ex.features.feature[name]
         examples.append(ex.SerializeToString())

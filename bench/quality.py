@@ -23,6 +23,7 @@ import numpy as np
 
 import matta_tf  # noqa: F401
 from matta_tf.config import LossWeights, RankerConfig, SubmodelSpec
+from matta_tf.metrics import binary_metrics
 
 ALONE = LossWeights(student=1.0, ta=0.0, teacher=0.0, ta_to_student=0.0, mixnmatch=0.0)
 KD = LossWeights(student=1.0, ta=0.0, teacher=0.5, ta_to_student=0.0, mixnmatch=0.0)
@@ -35,23 +36,6 @@ class TrainSettings:
     adam_lr: float = 2e-3
     shampoo_lr: float = 2e-3
     warmup_steps: int = 150
-
-
-def binary_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """AUC (rank statistic, ties averaged), log-loss and calibration in float64."""
-    from scipy.stats import rankdata
-
-    logits = np.asarray(logits, np.float64)
-    labels = np.asarray(labels, np.float64)
-    pos = labels > 0.5
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    ranks = rankdata(logits)
-    auc = (ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg) if n_pos and n_neg else float("nan")
-    # log(1 + e^-|z|) form: stable for large |z|.
-    logloss = np.mean(np.maximum(logits, 0) - logits * labels + np.log1p(np.exp(-np.abs(logits))))
-    prob = 1.0 / (1.0 + np.exp(-logits))
-    calibration = prob.mean() / labels.mean() if labels.mean() > 0 else float("nan")
-    return {"auc": float(auc), "logloss": float(logloss), "calibration": float(calibration)}
 
 
 def make_optimizer(name: str, settings: TrainSettings, precondition_frequency: int = 10):

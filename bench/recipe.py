@@ -40,6 +40,7 @@ import matta_tf  # noqa: F401
 from bench import data as bench_data
 from bench import quality
 from matta_tf.config import LossWeights, RankerConfig
+from matta_tf.metrics import binary_metrics
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "results", "recipe")
@@ -189,7 +190,7 @@ class Runner:
     def measure_model(self, small) -> dict:
         """Metrics of a standalone model (features -> logits) on the measure table."""
         logits = np.concatenate([small(features).numpy() for features, _ in self.batches])
-        return quality.binary_metrics(logits, self.labels)
+        return binary_metrics(logits, self.labels)
 
     def measure(self, model, specs: dict) -> dict:
         return {name: quality.eval_spec(model, spec, self.batches, self.labels) for name, spec in specs.items()}

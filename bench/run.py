@@ -274,17 +274,9 @@ def run_ingestion(rows: int, workdir: str, log=print) -> dict:
 
 def bench_schema() -> dict:
     """Log schema of the generated CSV logs (header row, teacher logits kept separately)."""
-    from matta_tf.datasets import SyntheticLogConfig
+    from components.logschema import synthetic_schema
 
-    c = SyntheticLogConfig()
-    columns = ([{"name": "impression_id", "type": "string"}, {"name": "timestamp", "type": "int"},
-                {"name": "label", "type": "int"}]
-               + [{"name": n, "type": "float"} for n in c.numeric_names]
-               + [{"name": n, "type": "string"} for n in c.categorical_names]
-               + [{"name": "click_prob", "type": "float"}])
-    return {"format": "csv", "header": True, "columns": columns, "label": "label",
-            "impression_id": "impression_id", "timestamp": "timestamp",
-            "numeric_features": c.numeric_names, "categorical_features": c.categorical_names}
+    return synthetic_schema("csv").to_dict()
 
 
 def fmt(ms: dict, digits=4) -> str:

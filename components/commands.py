@@ -39,9 +39,12 @@ def _score(args) -> int:
 
 
 def register(subparsers) -> None:
+    from components.logschema import PRESETS
     from components.teacher import DEFAULT_FOLDS
     from matta_tf.config import DEFAULT_MIN_COUNT
 
+    schema_help = (f"log-schema: a preset ({', '.join(PRESETS)}; synthetic-*: the default logs "
+                       "of `matta generate-logs`) or a YAML file")
     teacher = subparsers.add_parser("teacher", help="train a DCN teacher / write teacher logits")
     sub = teacher.add_subparsers(dest="teacher_command", metavar="ACTION")
     fit = sub.add_parser(
@@ -54,7 +57,7 @@ def register(subparsers) -> None:
                     "score later ones: --no-cross-fit (one model on every row; it refuses to score "
                     "rows it was fitted on).")
     fit.add_argument("--logs", required=True, help="glob of log files")
-    fit.add_argument("--log-schema", default="criteo", help="preset name or YAML file")
+    fit.add_argument("--log-schema", default="criteo", help=schema_help)
     fit.add_argument("--input-base", default=None, help=INPUT_BASE_HELP)
     fit.add_argument("--export-dir", required=True)
     fit.add_argument("--steps", type=int, default=2000, help="training steps per fold model")
@@ -77,7 +80,7 @@ def register(subparsers) -> None:
                     "out-of-fold logits; other rows the fold ensemble. A teacher fitted with "
                     "--no-cross-fit refuses (exit 2) to score rows it was fitted on.")
     score.add_argument("--logs", required=True)
-    score.add_argument("--log-schema", default="criteo")
+    score.add_argument("--log-schema", default="criteo", help=schema_help)
     score.add_argument("--input-base", default=None, help=INPUT_BASE_HELP)
     score.add_argument("--teacher", required=True, help="teacher export directory (`matta teacher fit`)")
     score.add_argument("--output", required=True, help="teacher table .parquet")

@@ -17,7 +17,8 @@ categorical_features: [C1]
 ```
 
 `load_log_schema("criteo")` gives the built-in preset for the Criteo Display Advertising
-TSV format (label, I1-I13, C1-C26, no header). `validate_row` turns one raw row into a
+TSV format (label, I1-I13, C1-C26, no header); `synthetic-csv`, `synthetic-jsonl` and
+`synthetic-parquet` read the default logs of `matta generate-logs`. `validate_row` turns one raw row into a
 typed record or raises `RowError` carrying a stable reason code (see `REASON_CODES`); the
 ExampleGen sends such rows to quarantine instead of dropping them. One bad row never fails
 a run: every problem inside a data line (encoding, size, quoting, values) quarantines that
@@ -85,6 +86,15 @@ import math
 import os
 import re
 from typing import Any
+
+from matta_tf.contract import (
+    CLICK_PROB,
+    IMPRESSION_ID,
+    LABEL,
+    NON_FEATURE_COLUMNS,
+    TEACHER_COLUMNS,
+    TIMESTAMP,
+)
 
 # Reason codes for quarantined rows. They are stable strings: they become artifact
 # property names (`quarantined_<code>`) and the `reason` field of quarantine records.
@@ -199,10 +209,15 @@ class LogSchema:
         overlap = set(self.numeric_features) & set(self.categorical_features)
         if overlap:
             raise ValueError(f"log-schema: columns both numeric and categorical: {sorted(overlap)}")
-        reserved = {"teacher_logit", "has_teacher"} & set(names)
+        reserved = set(TEACHER_COLUMNS) & set(names)
         if reserved:
             raise ValueError(f"log-schema: column names {sorted(reserved)} are reserved for the "
                              "teacher join; teacher logits come from the teacher table")
+        # The serving side drops these names from the raw features (matta_tf.contract).
+        reserved = set(NON_FEATURE_COLUMNS) & set(self.feature_names)
+        if reserved:
+            raise ValueError(f"log-schema: features {sorted(reserved)} have reserved names that are "
+                             f"never model inputs (reserved: {list(NON_FEATURE_COLUMNS)})")
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -266,7 +281,62 @@ def criteo_schema() -> LogSchema:
                      numeric_features=numeric, categorical_features=categorical)
 
 
-PRESETS = {"criteo": criteo_schema}
+def synthetic_schema(fmt: str = "parquet", num_numeric: int = 13, num_categorical: int = 26) -> LogSchema:
+    """The logs `matta generate-logs` writes (matta_tf.datasets): impression_id, timestamp,
+    label, I1..In (float), C1..Cm (string), click_prob (ground truth, not a feature). csv
+    has a header line; jsonl/parquet are read by key, so an inline `teacher_logit` is
+    ignored there. A csv written without --teacher-out has a `teacher_logit` column, a
+    name reserved for the teacher join: write such logs with --teacher-out."""
+    if fmt not in ("csv", "jsonl", "parquet"):
+        raise ValueError(f"synthetic logs are csv, jsonl or parquet, not {fmt!r}")
+    numeric = tuple(f"I{i}" for i in range(1, num_numeric + 1))
+    categorical = tuple(f"C{i}" for i in range(1, num_categorical + 1))
+    columns = ((Column(IMPRESSION_ID, "string"), Column(TIMESTAMP, "int"), Column(LABEL, "int"))
+               + tuple(Column(n, "float") for n in numeric) + tuple(Column(n, "string") for n in categorical)
+               + (Column(CLICK_PROB, "float"),))
+    return LogSchema(format=fmt, header=fmt == "csv", columns=columns, label=LABEL,
+                     impression_id=IMPRESSION_ID, timestamp=TIMESTAMP,
+                     numeric_features=numeric, categorical_features=categorical)
+
+
+PRESETS = {"criteo": criteo_schema,
+           "synthetic-csv": lambda: synthetic_schema("csv"),
+           "synthetic-jsonl": lambda: synthetic_schema("jsonl"),
+           "synthetic-parquet": lambda: synthetic_schema("parquet")}
+
+
+def preset_name(schema: LogSchema) -> str | None:
+    """The name of the preset equal to `schema`, if any."""
+    for name, make in PRESETS.items():
+        if make() == schema:
+            return name
+    return None
+
+
+def presets_that_read(path: str, exclude: LogSchema | None = None, sample_rows: int = 50) -> list[str]:
+    """Presets (other than `exclude`) under which most of the first `sample_rows` data rows
+    of `path` are valid: the candidates for "did you mean --log-schema X?"."""
+    out = []
+    for name, make in PRESETS.items():
+        schema = make()
+        if schema == exclude:
+            continue
+        read = valid = 0
+        try:
+            for row, _, raw in iter_records(schema, path):
+                read += 1
+                try:
+                    validate_row(schema, raw, path, row, os.path.basename(path))
+                    valid += 1
+                except RowError:
+                    pass
+                if read >= sample_rows:
+                    break
+        except (ValueError, OSError):  # the file is not this preset's format at all
+            continue
+        if valid and 2 * valid >= read:
+            out.append(name)
+    return out
 
 
 def load_log_schema(spec: str | dict | LogSchema) -> LogSchema:

@@ -36,7 +36,7 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 STUDENTS_KEY = "students"
 DEFAULT_ARMS = ("student", "mix_1", "ta")
 # Columns that are not model inputs (label, ids, teacher) - left out of the serving parse spec.
-NON_FEATURE_COLUMNS = ("label", "impression_id", "timestamp", "teacher_logit", "has_teacher")
+from matta_tf.contract import NON_FEATURE_COLUMNS
 
 
 def arm_output_key(arm: str) -> str:

@@ -32,6 +32,7 @@ import os
 import numpy as np
 
 from components import logschema
+from matta_tf.metrics import binary_metrics
 
 DEFAULT_TEACHER_SPEC = {"embedding_dim": 16, "cross_layers": 3, "mlp_widths": [256, 128]}
 DEFAULT_FOLDS = 4
@@ -67,22 +68,50 @@ def read_valid_rows(schema: logschema.LogSchema, pattern: str, input_base: str |
     names = extra + list(schema.feature_names)
     cols = {"impression_id": [], "label": [], **{n: [] for n in names}}
     skipped = 0
+    reasons: dict[str, list] = {}  # reason -> [count, first error message]
     for path in files:
         id_source = logschema.relative_source(path, base)
-        for row, raw in logschema.iter_raw_rows(schema, path):
-            try:
-                rec = logschema.validate_row(schema, raw, path, row, id_source)
-            except logschema.RowError:
-                skipped += 1
-                continue
-            cols["impression_id"].append(rec["impression_id"])
-            cols["label"].append(rec[schema.label])
-            for n in names:
-                cols[n].append(rec[n])
+        try:
+            for row, line, raw in logschema.iter_records(schema, path):
+                try:
+                    rec = logschema.validate_row(schema, raw, path, row, id_source)
+                except logschema.RowError as err:
+                    skipped += 1
+                    seen = reasons.setdefault(err.reason, [0, None])
+                    seen[0] += 1
+                    if seen[1] is None:
+                        seen[1] = logschema.error_message(path, line, err.reason, err.detail, err.column,
+                                                          err.value)
+                    continue
+                cols["impression_id"].append(rec["impression_id"])
+                cols["label"].append(rec[schema.label])
+                for n in names:
+                    cols[n].append(rec[n])
+        except logschema.RowError:
+            raise
+        except ValueError as err:  # the whole file failed (header, missing Parquet columns)
+            raise ValueError(f"{err}{_did_you_mean(path, schema)}") from err
+    if skipped and not cols["impression_id"]:
+        raise ValueError(no_valid_rows_message(schema, pattern, files, skipped, reasons))
     types = {"impression_id": pa.string(), "label": pa.int64(), **{n: pa.int64() for n in extra},
              **{n: pa.float64() for n in schema.numeric_features},
              **{n: pa.string() for n in schema.categorical_features}}
     return pa.table({k: pa.array(v, types[k]) for k, v in cols.items()}), skipped
+
+
+def no_valid_rows_message(schema, pattern: str, files: list[str], read: int, reasons: dict) -> str:
+    """One line: rows read, none valid, the top quarantine reason with an example, and the
+    presets that would read the first file (a log read with the wrong --log-schema)."""
+    name = logschema.preset_name(schema)
+    reason, (count, example) = max(reasons.items(), key=lambda kv: kv[1][0])
+    return (f"read {read:,} rows from {len(files)} file(s) matching {pattern} with log-schema "
+            f"{repr(name) if name else '(the given one)'}, none valid: top reason {reason} "
+            f"({count:,} rows), e.g. {example}{_did_you_mean(files[0], schema)}")
+
+
+def _did_you_mean(path: str, schema) -> str:
+    candidates = logschema.presets_that_read(path, exclude=schema)
+    return f"; did you mean --log-schema {' or '.join(candidates)}?" if candidates else ""
 
 
 # --------------------------------------------------------------------------- folds
@@ -102,20 +131,6 @@ def id_hashes(ids) -> np.ndarray:
 def fold_of(hashes: np.ndarray, folds: int) -> np.ndarray:
     """Fold index in [0, folds) of every id hash (deterministic, ~uniform)."""
     return (hashes % np.uint64(folds)).astype(np.int64)
-
-
-def binary_metrics(logits, labels) -> dict:
-    """AUC (ties averaged) and log-loss in float64; AUC is NaN with one class only."""
-    from scipy.stats import rankdata
-
-    z = np.asarray(logits, np.float64)
-    y = np.asarray(labels, np.float64)
-    pos = y > 0.5
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    ranks = rankdata(z)
-    auc = (ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg) if n_pos and n_neg else float("nan")
-    logloss = float(np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z))))) if len(z) else float("nan")
-    return {"auc": float(auc), "logloss": logloss, "rows": len(z)}
 
 
 # --------------------------------------------------------------------------- fit
@@ -322,11 +337,11 @@ def score_teacher_table(table, teacher_dir: str, batch_size: int = 4096, unverif
                 f"{teacher_dir} has no {METRICS_FILE}: not a `matta teacher fit` export, so there is "
                 "no record of the rows it was trained on. Pass --unverified (unverified=True) to "
                 "score with its serving_default anyway.")
-        from matta_tf.export import make_examples
+        from matta_tf.contract import NON_FEATURE_COLUMNS, encode_examples
 
         serve = tf.saved_model.load(teacher_dir).signatures["serving_default"]
-        names = [c for c in table.column_names if c not in ("impression_id", "label", "teacher_logit")]
-        chunks = [serve(examples=tf.constant(make_examples(table.slice(s, batch_size).select(names).to_pydict())))
+        names = [c for c in table.column_names if c not in NON_FEATURE_COLUMNS]
+        chunks = [serve(examples=tf.constant(encode_examples(table.slice(s, batch_size).select(names).to_pydict())))
                   ["logit"].numpy() for s in range(0, n, batch_size)]
         logits = np.concatenate(chunks).astype(np.float64) if chunks else np.zeros([0])
         log(f"teacher score: {n:,} rows scored by an unverified teacher (no fitted-row check)")

@@ -31,6 +31,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from matta_tf.contract import NON_FEATURE_COLUMNS
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -177,9 +179,11 @@ class FeatureSpec:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"feature spec: duplicate feature name(s) {dupes}")
-        reserved = {"label", "teacher_logit", "has_teacher"} & set(names)
+        # A feature of a reserved name would be dropped from the serving parse spec.
+        reserved = set(NON_FEATURE_COLUMNS) & set(names)
         if reserved:
-            raise ValueError(f"feature spec: {sorted(reserved)} are reserved names, not model features")
+            raise ValueError(f"feature spec: {sorted(reserved)} are reserved names, not model features "
+                             f"(reserved: {list(NON_FEATURE_COLUMNS)})")
 
     @property
     def names(self) -> list[str]:
@@ -214,6 +218,14 @@ class FeatureSpec:
 # --------------------------------------------------------------------------- sizes
 
 
+def _int_list(value, name: str) -> tuple:
+    """`value` as a tuple; it must be a list or tuple (YAML `mlp_widths: 128` is a scalar,
+    and a string would silently split into characters)."""
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name} must be a list of ints, got {value!r}")
+    return tuple(value)
+
+
 @dataclass(frozen=True)
 class SubmodelSpec:
     """One nested granularity: which leading slices of the TA's weights are active.
@@ -229,8 +241,8 @@ class SubmodelSpec:
     mlp_widths: tuple[int, ...] = ()
 
     def __post_init__(self):
-        object.__setattr__(self, "cross_ranks", tuple(self.cross_ranks))
-        object.__setattr__(self, "mlp_widths", tuple(self.mlp_widths))
+        object.__setattr__(self, "cross_ranks", _int_list(self.cross_ranks, "cross_ranks"))
+        object.__setattr__(self, "mlp_widths", _int_list(self.mlp_widths, "mlp_widths"))
         _positive_int(self.embedding_dim, "embedding_dim")
         if isinstance(self.cross_layers, bool) or not isinstance(self.cross_layers, int) or self.cross_layers < 0:
             raise ValueError(f"cross_layers must be an int >= 0, got {self.cross_layers!r}")

@@ -359,26 +359,7 @@ def export_saved_model(keras_model: tf.keras.Model, export_dir: str, feature_spe
 
 def make_examples(features: dict) -> list[bytes]:
     """Serialize a dict of equal-length raw value lists/arrays as tf.Examples (None / NaN /
-    "" = leave the feature out, i.e. missing). Helper for tests and clients."""
-    import math
+    "" = leave the feature out, i.e. missing): `matta_tf.contract.encode_examples`."""
+    from matta_tf.contract import encode_examples
 
-    names = list(features)
-    n = len(features[names[0]]) if names else 0
-    out = []
-    for i in range(n):
-        feature = {}
-        for name in names:
-            v = features[name][i]
-            if hasattr(v, "item"):
-                v = v.item()
-            if v is None or v == "" or v == b"" or (isinstance(v, float) and math.isnan(v)):
-                continue
-            if isinstance(v, (bytes, str)):
-                b = v if isinstance(v, bytes) else v.encode()
-                feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[b]))
-            elif isinstance(v, float):
-                feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=[v]))
-            else:
-                feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
-        out.append(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
-    return out
+    return encode_examples(features)

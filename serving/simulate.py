@@ -27,6 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
+from matta_tf.metrics import log_loss_from_probabilities, roc_auc
+
 
 @dataclasses.dataclass(frozen=True)
 class SimulationConfig:
@@ -143,19 +145,6 @@ def run_simulation(router, examples: Sequence[bytes], relevance: np.ndarray,
     return stats
 
 
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Mann-Whitney AUC with average ranks for ties."""
-    from scipy.stats import rankdata
-
-    labels = np.asarray(labels, dtype=np.float64)
-    pos = labels > 0.5
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(np.asarray(scores, dtype=np.float64))
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def offline_metrics(client, model_name: str, arm_labels: dict[str, str],
                     examples: Sequence[bytes], labels: np.ndarray,
                     batch_size: int = 256) -> dict[str, dict]:
@@ -166,10 +155,9 @@ def offline_metrics(client, model_name: str, arm_labels: dict[str, str],
         for i in range(0, len(examples), batch_size):
             res = client.predict_examples(model_name, examples[i:i + batch_size], label=label)
             scores.append(np.asarray(res["probability"], dtype=np.float64))
-        p = np.clip(np.concatenate(scores), 1e-7, 1 - 1e-7)
+        p = np.concatenate(scores)
         y = np.asarray(labels, dtype=np.float64)
-        out[arm] = {"auc": roc_auc(y, p),
-                    "logloss": float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))),
+        out[arm] = {"auc": roc_auc(y, p), "logloss": log_loss_from_probabilities(y, p, eps=1e-7),
                     "rows": int(len(y))}
         if not math.isfinite(out[arm]["auc"]):
             out[arm]["auc"] = None

@@ -61,6 +61,41 @@ def test_user_mistakes_give_one_line_and_exit_2(tmp_path, capsys, argv, expected
     assert "Traceback" not in "".join(err)
 
 
+def test_scalar_mlp_widths_in_a_ranker_config_is_one_line(tmp_path, capsys):
+    import yaml
+
+    with open(CONFIG) as f:
+        data = yaml.safe_load(f)
+    data["student"]["mlp_widths"] = 128
+    config = tmp_path / "ranker.yaml"
+    config.write_text(yaml.safe_dump(data))
+    assert main(["ranker-cost", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("matta ranker-cost: error:"), err
+    assert "student: mlp_widths must be a list of ints, got 128" in err[0], err
+
+
+# csv: the criteo preset has no header, so the header line is one more (invalid) row
+@pytest.mark.parametrize("fmt, preset, read", [("csv", "synthetic-csv", 31), ("jsonl", "synthetic-jsonl", 30)])
+def test_teacher_fit_with_the_wrong_log_schema_says_which_one_reads_the_file(tmp_path, capsys, fmt, preset,
+                                                                             read):
+    # README step 1 then `teacher fit` with the default --log-schema criteo: every row is
+    # invalid; one line says how many were read, the top reason with an example, and the
+    # preset that reads the file.
+    logs = tmp_path / f"logs.{fmt}"
+    assert main(["generate-logs", "--rows", "30", "--out", str(logs), "--teacher-out",
+                 str(tmp_path / "teacher.parquet")]) == 0
+    capsys.readouterr()
+    assert main(["teacher", "fit", "--logs", str(logs), "--export-dir", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"matta teacher fit: error: read {read} rows from 1 file(s) matching {logs} "
+                             f"with log-schema 'criteo', none valid: top reason wrong_column_count ({read} rows), "
+                             f"e.g. {logs}, line "), err
+    assert err[0].endswith(f"; did you mean --log-schema {preset}?"), err
+    assert not (tmp_path / "t").exists()
+
+
 def test_generate_logs_format_follows_the_extension(tmp_path):
     out = tmp_path / "logs.parquet"
     assert main(["generate-logs", "--rows", "20", "--out", str(out), "--num-numeric", "1",

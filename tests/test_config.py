@@ -1,6 +1,7 @@
 """RankerConfig: loading, TA expansion, Mix'n'Match specs, and clear errors."""
 import json
 import os
+import re
 
 import pytest
 
@@ -94,6 +95,8 @@ def test_random_specs_are_nested():
      "student is larger than the ta: 2 mlp layers > ta 1"),
     (lambda d: d["student"].update(mlp_widths=[8, 0]), r"student: mlp_widths\[1\] must be a positive integer, got 0"),
     (lambda d: d["student"].update(embedding_dim=0), "embedding_dim must be a positive integer, got 0"),
+    (lambda d: d["student"].update(mlp_widths=128), "student: mlp_widths must be a list of ints, got 128"),
+    (lambda d: d["student"].update(cross_ranks=2), "student: cross_ranks must be a list of ints, got 2"),
     (lambda d: d.update(learning_rate=1.0), r"unknown key\(s\) \['learning_rate'\]"),
     (lambda d: d["features"]["categorical"].append({"name": "C9", "kind": "text"}),
      r"features.categorical\[3\]: unknown key\(s\) \['kind'\]"),
@@ -119,6 +122,16 @@ def test_invalid_configs_raise_clear_errors(mutate, message):
         data.pop("ta_expansion", None)
     with pytest.raises(ValueError, match=message):
         RankerConfig.from_dict(data)
+
+
+@pytest.mark.parametrize("field,value", [("mlp_widths", 128), ("mlp_widths", "128"), ("cross_ranks", 4),
+                                         ("mlp_widths", {"a": 1})])
+def test_submodel_spec_rejects_non_list_sizes(field, value):
+    # A YAML scalar (`mlp_widths: 128`) or a string (which tuple() would split into digits)
+    # is a ValueError naming the field, raised by SubmodelSpec itself, not a TypeError.
+    kwargs = {"embedding_dim": 8, "cross_layers": 1, field: value}
+    with pytest.raises(ValueError, match=rf"^{field} must be a list of ints, got {re.escape(repr(value))}$"):
+        SubmodelSpec(**kwargs)
 
 
 def test_check_spec_rejects_specs_outside_the_ta():

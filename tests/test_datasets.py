@@ -14,17 +14,10 @@ from matta_tf.datasets import (
     generate_click_logs,
     write_click_logs,
 )
+from matta_tf.metrics import roc_auc
 
 SMALL = SyntheticLogConfig(num_numeric=3, num_categorical=4, cardinalities=(5, 50, 2000, 7), num_crosses=3,
                            missing_rate=0.1)
-
-
-def _auc(y, s):
-    order = np.argsort(s)
-    ranks = np.empty(len(s))
-    ranks[order] = np.arange(1, len(s) + 1)
-    pos = y.sum()
-    return (ranks[y == 1].sum() - pos * (pos + 1) / 2) / (pos * (len(y) - pos))
 
 
 def test_schema_and_contract_columns():
@@ -66,14 +59,14 @@ def test_ground_truth_ctr_teacher_and_crosses():
     assert abs(p.mean() - y.mean()) < 0.01  # labels are drawn from click_prob
     teacher_p = 1 / (1 + np.exp(-t))
     assert abs(teacher_p.mean() / y.mean() - 1) < 0.03  # calibrated on average
-    oracle, teacher = _auc(y, p), _auc(y, t)
+    oracle, teacher = roc_auc(y, p), roc_auc(y, t)
     assert oracle - 0.05 < teacher < oracle  # noisy but informative
     # Without the planted crosses the problem would be much easier to rank linearly:
     # the crosses carry most of the logit variance.
     no_cross = SyntheticLogConfig(num_numeric=4, num_categorical=6, cardinalities=(10, 20, 50, 10, 30, 100),
                                   num_crosses=0)
     flat = generate_click_logs(20_000, seed=1, config=no_cross)
-    assert _auc(flat.column("label").to_numpy(), flat.column("click_prob").to_numpy()) < oracle - 0.1
+    assert roc_auc(flat.column("label").to_numpy(), flat.column("click_prob").to_numpy()) < oracle - 0.1
 
 
 def test_default_feature_spec_matches_columns():

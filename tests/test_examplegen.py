@@ -3,83 +3,26 @@ import json
 import math
 import os
 
+import pyarrow as pa  # a core dependency: a broken install must fail, not skip
+import pyarrow.parquet as pq
 import pytest
+from examplegen_helpers import (
+    HEADER,
+    SCHEMA,
+    good_row,
+    read_quarantine,
+    read_split,
+    run_click_log_executor,
+)
 
 import matta_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from components import logschema
 
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
-
-HEADER = ["impression_id", "timestamp", "label", "I1", "I2", "C1", "C2"]
-SCHEMA = {
-    "format": "csv",
-    "header": True,
-    "columns": [{"name": "impression_id", "type": "string"}, {"name": "timestamp", "type": "int"},
-                {"name": "label", "type": "int"}, {"name": "I1", "type": "float"},
-                {"name": "I2", "type": "float"}, {"name": "C1", "type": "string"},
-                {"name": "C2", "type": "string"}],
-    "label": "label",
-    "impression_id": "impression_id",
-    "timestamp": "timestamp",
-    "numeric_features": ["I1", "I2"],
-    "categorical_features": ["C1", "C2"],
-}
-
 
 def run_executor(tmp_path, input_base, pattern, schema, teacher_pattern=None, split=None,
                  max_rate=1.0):
-    from tfx.dsl.components.base import base_beam_executor
-    from tfx.proto import example_gen_pb2
-    from tfx.types import standard_artifacts
-    from tfx.utils import proto_utils
-
-    from components import example_gen
-
-    config = example_gen.make_click_log_config(schema, teacher_pattern, split, max_rate)
-    examples = standard_artifacts.Examples()
-    examples.uri = str(tmp_path / "out" / "examples")
-    quarantine = example_gen.QuarantinedRows()
-    quarantine.uri = str(tmp_path / "out" / "quarantine")
-    os.makedirs(quarantine.uri, exist_ok=True)
-    input_config = example_gen_pb2.Input(splits=[
-        example_gen_pb2.Input.Split(name="single_split", pattern=pattern)])
-    exec_properties = {
-        "input_base": str(input_base),
-        "input_config": proto_utils.proto_to_json(input_config),
-        "click_log_config": json.dumps(config),
-        "span": 0,
-        "version": None,
-    }
-    ctx = base_beam_executor.BaseBeamExecutor.Context(
-        beam_pipeline_args=["--direct_num_workers=1"], tmp_dir=str(tmp_path / "tmp"))
-    executor = example_gen.ClickLogExecutor(ctx)
-    executor.Do({}, {"examples": [examples], "quarantine": [quarantine]}, exec_properties)
-    return examples, quarantine, config
-
-
-def read_split(examples, name):
-    import tensorflow as tf
-
-    files = tf.io.gfile.glob(os.path.join(examples.uri, f"Split-{name}", "*.gz"))
-    out = {}
-    for rec in tf.data.TFRecordDataset(files, compression_type="GZIP"):
-        ex = tf.train.Example.FromString(rec.numpy())
-        f = ex.features.feature
-        iid = f["impression_id"].bytes_list.value[0].decode()
-        assert iid not in out, f"{iid} written twice"
-        out[iid] = f
-    return out
-
-
-def read_quarantine(quarantine):
-    with open(os.path.join(quarantine.uri, "quarantine.jsonl")) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-def good_row(i):
-    return [f"imp{i}", str(1_700_000_000 + i), str(i % 2), f"{i * 0.5}", "" if i % 7 == 0 else "3",
-            f"a{i % 5}", "" if i % 3 == 0 else f"b{i % 4}"]
+    return run_click_log_executor(tmp_path / "out", input_base, pattern, schema, teacher_pattern, split,
+                                  max_rate)
 
 
 def test_every_reason_code_counted_exactly_and_good_rows_arrive(tmp_path):

@@ -12,15 +12,13 @@ import math
 import os
 import random
 
+import pyarrow as pa  # a core dependency: a broken install must fail, not skip
+import pyarrow.parquet as pq
 import pytest
-from test_examplegen import read_split
-from test_examplegen_hardening import assert_identities
+from examplegen_helpers import assert_identities, read_split, run_click_log_executor
 
 import matta_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from components import logschema
-
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
 
 COLUMNS = [("impression_id", "string"), ("timestamp", "int"), ("label", "int"),
            ("I1", "float"), ("I2", "float"), ("I3", "int"), ("C1", "string"), ("C2", "string"),
@@ -309,30 +307,8 @@ def make_log(tmp_path, fmt):
 
 
 def run_engine(tmp_path, name, data, pattern, schema, engine, split=None, **options):
-    from tfx.dsl.components.base import base_beam_executor
-    from tfx.proto import example_gen_pb2
-    from tfx.types import standard_artifacts
-    from tfx.utils import proto_utils
-
-    from components import example_gen
-
-    config = example_gen.make_click_log_config(schema, "teacher/*.parquet", split, 1.0,
-                                               engine=engine, **options)
-    out = tmp_path / name
-    examples = standard_artifacts.Examples()
-    examples.uri = str(out / "examples")
-    quarantine = example_gen.QuarantinedRows()
-    quarantine.uri = str(out / "quarantine")
-    os.makedirs(quarantine.uri, exist_ok=True)
-    input_config = example_gen_pb2.Input(splits=[
-        example_gen_pb2.Input.Split(name="single_split", pattern=pattern)])
-    ctx = base_beam_executor.BaseBeamExecutor.Context(
-        beam_pipeline_args=["--direct_num_workers=1"], tmp_dir=str(out / "tmp"))
-    example_gen.ClickLogExecutor(ctx).Do(
-        {}, {"examples": [examples], "quarantine": [quarantine]},
-        {"input_base": str(data), "input_config": proto_utils.proto_to_json(input_config),
-         "click_log_config": json.dumps(config), "span": 0, "version": None})
-    return examples, quarantine, config
+    return run_click_log_executor(tmp_path / name, data, pattern, schema, "teacher/*.parquet", split, 1.0,
+                                  engine=engine, **options)
 
 
 def outputs(examples, quarantine, config):

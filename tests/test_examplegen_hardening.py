@@ -10,14 +10,21 @@ import json
 import math
 import os
 
+import pyarrow as pa  # a core dependency: a broken install must fail, not skip
+import pyarrow.parquet as pq
 import pytest
-from test_examplegen import HEADER, SCHEMA, good_row, read_quarantine, read_split, run_executor
+from examplegen_helpers import (
+    HEADER,
+    SCHEMA,
+    assert_identities,
+    good_row,
+    read_quarantine,
+    read_split,
+)
+from test_examplegen import run_executor
 
 import matta_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from components import logschema
-
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
 
 TSV_SCHEMA = dict(SCHEMA, format="tsv")
 JSONL_SCHEMA = dict(SCHEMA, format="jsonl", header=False)
@@ -42,18 +49,6 @@ def physical_lines(*paths) -> int:
         data = open(p, "rb").read()
         n += data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
     return n
-
-
-def assert_identities(props, lines=None):
-    assert props["lines_in"] == props["header_lines"] + props["blank_lines"] + props["rows_in"]
-    assert props["rows_in"] == props["rows_written"] + props["rows_quarantined"]
-    assert props["rows_quarantined"] == sum(props[f"quarantined_{r}"]
-                                            for r in logschema.REASON_CODES)
-    assert props["teacher_rows_in"] == (props["teacher_rows_joined"]
-                                        + props["teacher_rows_unmatched"]
-                                        + props["teacher_rows_invalid"])
-    if lines is not None:
-        assert props["lines_in"] == lines
 
 
 def assert_one_line_message(rec, path, line, column=None):

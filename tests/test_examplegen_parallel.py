@@ -13,27 +13,12 @@ import json
 import logging
 import os
 
-import pytest
+import pyarrow as pa  # a core dependency: a broken install must fail, not skip
+import pyarrow.parquet as pq
+from examplegen_helpers import HEADER, SCHEMA, run_click_log_executor
 
 import matta_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
-
-HEADER = ["impression_id", "timestamp", "label", "I1", "I2", "C1", "C2"]
-SCHEMA = {
-    "format": "csv",
-    "header": True,
-    "columns": [{"name": "impression_id", "type": "string"}, {"name": "timestamp", "type": "int"},
-                {"name": "label", "type": "int"}, {"name": "I1", "type": "float"},
-                {"name": "I2", "type": "float"}, {"name": "C1", "type": "string"},
-                {"name": "C2", "type": "string"}],
-    "label": "label",
-    "impression_id": "impression_id",
-    "timestamp": "timestamp",
-    "numeric_features": ["I1", "I2"],
-    "categorical_features": ["C1", "C2"],
-}
 SPLIT = {"method": "hash", "names": ["train", "eval", "test"], "buckets": [6, 2, 1]}
 
 
@@ -69,32 +54,8 @@ def write_logs(root, files=4, rows_per_file=600):
 
 
 def run_executor(out, input_base, beam_args):
-    from tfx.dsl.components.base import base_beam_executor
-    from tfx.proto import example_gen_pb2
-    from tfx.types import standard_artifacts
-    from tfx.utils import proto_utils
-
-    from components import example_gen
-
-    config = example_gen.make_click_log_config(SCHEMA, "teacher/*.parquet", SPLIT, 1.0)
-    examples = standard_artifacts.Examples()
-    examples.uri = str(out / "examples")
-    quarantine = example_gen.QuarantinedRows()
-    quarantine.uri = str(out / "quarantine")
-    os.makedirs(quarantine.uri, exist_ok=True)
-    input_config = example_gen_pb2.Input(splits=[
-        example_gen_pb2.Input.Split(name="single_split", pattern="part-*.csv")])
-    exec_properties = {
-        "input_base": str(input_base),
-        "input_config": proto_utils.proto_to_json(input_config),
-        "click_log_config": json.dumps(config),
-        "span": 0,
-        "version": None,
-    }
-    ctx = base_beam_executor.BaseBeamExecutor.Context(beam_pipeline_args=beam_args,
-                                                      tmp_dir=str(out / "tmp"))
-    example_gen.ClickLogExecutor(ctx).Do(
-        {}, {"examples": [examples], "quarantine": [quarantine]}, exec_properties)
+    examples, quarantine, _ = run_click_log_executor(out, input_base, "part-*.csv", SCHEMA, "teacher/*.parquet",
+                                                     SPLIT, 1.0, beam_args=beam_args)
     return examples, quarantine
 
 

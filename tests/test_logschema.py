@@ -224,3 +224,18 @@ def test_error_message_is_one_bounded_line():
                                   "a\nb" + "x" * 10_000)
     assert "\n" not in msg and len(msg) < 300
     assert msg.startswith("/f.csv, line 7, column 'C1': cell_too_large: too big (value 'a\\nb")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_synthetic_presets_read_generate_logs_output(tmp_path, fmt):
+    from matta_tf.datasets import write_click_logs
+
+    path = str(tmp_path / f"logs.{fmt}")
+    # csv needs the teacher logits apart (a log may not have a teacher_logit column)
+    write_click_logs(path, 40, seed=1, fmt=fmt, teacher_path=str(tmp_path / "t.parquet") if fmt == "csv" else None)
+    schema = load_log_schema(f"synthetic-{fmt}")
+    rows = [validate_row(schema, raw, path, row) for row, raw in logschema.iter_raw_rows(schema, path)]
+    assert len(rows) == 40 and rows[0]["impression_id"] == "s1-0"
+    assert logschema.preset_name(schema) == f"synthetic-{fmt}"
+    assert logschema.presets_that_read(path) == [f"synthetic-{fmt}"]
+    assert logschema.presets_that_read(path, exclude=schema) == []

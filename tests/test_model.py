@@ -14,6 +14,7 @@ from matta_tf.datasets import (
     generate_click_logs,
     table_to_dataset,
 )
+from matta_tf.metrics import roc_auc
 from matta_tf.model import (
     MatTARanker,
     build_logistic_regression,
@@ -182,19 +183,11 @@ def test_train_step_ramps_distillation_with_optimizer_iterations():
 # ---------------------------------------------------------------- training quality
 
 
-def _auc(y, s):
-    order = np.argsort(s)
-    ranks = np.empty(len(s))
-    ranks[order] = np.arange(1, len(s) + 1)
-    pos = y.sum()
-    return (ranks[y == 1].sum() - pos * (pos + 1) / 2) / (pos * (len(y) - pos))
-
-
 def test_short_training_beats_logistic_regression_on_planted_crosses():
     tf.keras.utils.set_random_seed(0)
     train = generate_click_logs(30000, seed=11, config=LOGS)
     test = generate_click_logs(15000, seed=12, config=LOGS)
-    oracle = _auc(test.column("label").to_numpy(), test.column("click_prob").to_numpy())
+    oracle = roc_auc(test.column("label").to_numpy(), test.column("click_prob").to_numpy())
     train_ds = table_to_dataset(train, FEATURES, 256, shuffle_seed=0)
     test_ds = table_to_dataset(test, FEATURES, 2048)
 

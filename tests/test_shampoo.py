@@ -13,25 +13,12 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import np_inverse_root, rel_err
 
 from matta_tf.optimizers import Shampoo, ShampooConfig
 
 
-def rel_err(actual, expected):
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    return np.linalg.norm(actual - expected) / np.linalg.norm(expected)
-
-
 # ------------------------------------------------------------------ NumPy reference
-def np_inverse_root(a, p, matrix_eps):
-    a = 0.5 * (a + a.T)
-    lam, q = np.linalg.eigh(a)
-    if lam.max() <= 0:
-        return np.eye(len(a))
-    damped = np.maximum(lam, 0.0) + matrix_eps * lam.max()
-    return (q * damped ** (-1.0 / p)) @ q.T
-
-
 class NumpyShampoo:
     """Independent float64 Shampoo: explicit loops over ragged blocks, no padding.
 

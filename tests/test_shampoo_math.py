@@ -6,21 +6,9 @@ import matta_tf  # noqa: F401  (before TensorFlow)
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import np_inverse_root, rel_err
 
 from matta_tf.optimizers import shampoo_math as sm
-
-
-def rel_err(actual, expected):
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    return np.linalg.norm(actual - expected) / np.linalg.norm(expected)
-
-
-def np_inverse_root(a, p, matrix_eps):
-    """float64 reference of the damped inverse p-th root."""
-    a = 0.5 * (a + a.T)
-    lam, q = np.linalg.eigh(a)
-    damped = np.maximum(lam, 0.0) + matrix_eps * lam.max()
-    return (q * damped ** (-1.0 / p)) @ q.T
 
 
 def spd_with_condition(n, condition, rng):

@@ -11,9 +11,11 @@ import random
 
 import pytest
 
-import matta_tf  # noqa: F401
+import matta_tf  # noqa: F401  (before TensorFlow: sets TF_USE_LEGACY_KERAS)
 
-tft = pytest.importorskip("tensorflow_transform")
+# isort: split
+# A dependency of the pipeline: missing must fail, not skip.
+import tensorflow_transform as tft
 
 
 def legacy_preprocessing_fn(inputs, custom_config):
