@@ -46,6 +46,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from matta_tf.config import RankerConfig, SubmodelSpec
+from matta_tf.metrics import binary_metrics
 
 BUDGET_KINDS = ("madds", "params", "p99_ms")
 # Record keys of each budget kind's cost.
@@ -146,23 +147,6 @@ def candidate_specs(config: RankerConfig, grid_points: int = 3, random_specs: in
 
 
 # --------------------------------------------------------------------------- quality
-
-
-def binary_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """AUC (rank statistic, ties averaged), log-loss and calibration (mean prediction /
-    mean label) in float64."""
-    from scipy.stats import rankdata
-
-    logits = np.asarray(logits, np.float64)
-    labels = np.asarray(labels, np.float64)
-    pos = labels > 0.5
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    ranks = rankdata(logits)
-    auc = (ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg) if n_pos and n_neg else float("nan")
-    logloss = np.mean(np.maximum(logits, 0) - logits * labels + np.log1p(np.exp(-np.abs(logits))))
-    prob = 1.0 / (1.0 + np.exp(-logits))
-    calibration = prob.mean() / labels.mean() if labels.mean() > 0 else float("nan")
-    return {"auc": float(auc), "logloss": float(logloss), "calibration": float(calibration)}
 
 
 def candidate_logits(model, dataset, specs: Mapping[str, SubmodelSpec], chunk: int = 32):
