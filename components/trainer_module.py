@@ -24,7 +24,9 @@ section, see `matta_tf.distribute`; the cluster comes from TF_CONFIG):
 * multi_worker_mirrored: every worker runs this run_fn; each builds the same shuffled
   dataset and keeps its share of every global batch of `batch_size` (auto-shard DATA);
   only the chief (TF_CONFIG `chief`, else worker 0) writes `serving_model_dir` and the
-  TensorBoard logs (the others write to a temporary directory that is removed).
+  TensorBoard logs (the others write to a temporary directory that is removed, then wait
+  up to `custom_config["chief_wait_seconds"]` (1800) for the chief's model to appear,
+  since TFX's executor checks `serving_model_dir` on every replica).
 * parameter_server: run_fn on a `worker` or `ps` task only starts its
   `tf.distribute.Server` and serves (Vertex AI runs the Trainer in every worker pool);
   on the coordinator (`chief`) the model's embedding tables are split over the ps tasks
@@ -272,3 +274,24 @@ def run_fn(fn_args):
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
+    if not chief:
+        # TFX's Trainer executor fails a replica whose serving_model_dir does not exist when
+        # run_fn returns; on Vertex every replica runs it with the chief's directory, so a
+        # worker that finishes first waits for the chief's model (its last file).
+        wait_for_file(os.path.join(fn_args.serving_model_dir, INFO_FILE),
+                      float(cc.get("chief_wait_seconds", CHIEF_WAIT_SECONDS)))
+
+
+CHIEF_WAIT_SECONDS = 1800.0
+
+
+def wait_for_file(path: str, timeout_s: float, poll_s: float = 1.0) -> None:
+    """Returns when `path` exists; TimeoutError naming it after `timeout_s` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not tf.io.gfile.exists(path):
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"Trainer worker: the chief's model {path} did not appear within "
+                               f"{timeout_s:.0f} s (chief failed or still training?)")
+        time.sleep(poll_s)

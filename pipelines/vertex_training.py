@@ -63,10 +63,10 @@ Not run here: nothing in this repository submits the job (no cloud access). The 
 compile the spec, check it against the PipelineSpec proto, build the CustomJob with the
 extension's own `create_training_job` and check that against Vertex's `CustomJob` proto;
 whether Vertex accepts the job, schedules the pools and ends the worker/ps replicas when
-the chief finishes was not exercised. Known risk: after `run_fn`, TFX's Trainer executor
+the chief finishes was not exercised. After `run_fn`, TFX's Trainer executor
 (tfx/components/trainer/executor.py) raises in any replica whose `serving_model_dir` does
-not exist; a non-chief `multi_worker_mirrored` worker writes its copy elsewhere and sees
-the chief's directory, so it fails if it gets there before the chief has saved.
+not exist; a non-chief `multi_worker_mirrored` worker therefore waits for the chief's
+model before its `run_fn` returns (`components.trainer_module.wait_for_file`).
 """
 from __future__ import annotations
 

@@ -161,3 +161,17 @@ def test_trainer_parameter_servers_every_task_runs_run_fn(transformed, one_proce
     got = weights(tmp_path / "model")
     assert not any("part_" in name for name in got)
     assert got.keys() == weights(one_process).keys()
+
+
+def test_wait_for_file_returns_when_the_chief_writes_and_times_out_naming_it(tmp_path):
+    import threading
+
+    from components.trainer_module import wait_for_file
+
+    path = tmp_path / "model" / "train_info.json"
+    timer = threading.Timer(0.3, lambda: (path.parent.mkdir(), path.write_text("{}")))
+    timer.start()
+    wait_for_file(str(path), timeout_s=10, poll_s=0.05)
+    timer.join()
+    with pytest.raises(TimeoutError, match="missing.json"):
+        wait_for_file(str(tmp_path / "missing.json"), timeout_s=0.2, poll_s=0.05)
