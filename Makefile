@@ -2,7 +2,7 @@
 ENV := bin/matta-env
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-airflow lint demo bench bench-recipe bench-smoke lock clean
+.PHONY: setup test test-airflow lint demo check-report bench bench-recipe bench-frontier bench-smoke lock clean
 setup:
 	bin/setup-env
 
@@ -20,6 +20,13 @@ lint:
 demo:
 	$(ENV) matta demo
 
+# The A/B report's first visible line is its decision, checked in headless Chromium (Debian
+# package `chromium` on the host; not installed by `make setup`). REPORTS= checks given
+# ab_report.html files (e.g. matta-demo/ab/report/ab_report.html) instead of three generated ones.
+REPORTS ?=
+check-report:
+	bin/check-report-render $(REPORTS)
+
 CRITEO_SAMPLE ?= ../shared/data/criteo_sample
 bench:
 	$(ENV) python bench/bench_shampoo.py
@@ -29,6 +36,13 @@ bench:
 	$(ENV) python -m bench.run --full --data generated:fitted --only quality
 	$(ENV) python -m bench.run --full --data movielens --only quality
 	if [ -d $(CRITEO_SAMPLE) ]; then $(ENV) python -m bench.run --full --data criteo:$(CRITEO_SAMPLE) --only quality,throughput --steps 60 --batch-size 256 --teacher-steps 30; fi
+
+# Budget-aware students: search pick vs the fixed rule at each budget (bench/results/frontier/;
+# ~1 hour here). The latency stage wants a quiet machine.
+bench-frontier:
+	$(ENV) python -m bench.bench_frontier --data generated --seeds 3
+	$(ENV) python -m bench.bench_frontier --data movielens --seeds 3 --steps 150
+	$(ENV) python -m bench.bench_frontier --data generated --stage latency
 
 # The MatTA recipe study on MovieLens-100k (bench/results/recipe/summary.md; ~1-2 hours here).
 RECIPE := $(ENV) python -m bench.recipe --data movielens --mix-sizes 1 --steps 150
