@@ -170,19 +170,19 @@ class FusedRankerServingModule(tf.Module):
         info = json.dumps({"input_path": "fused", **plan.describe()})
         self.input_path_info = tf.function(lambda: tf.constant(info), input_signature=[])
 
-    def _logits(self, encoded) -> dict:
-        logit = self._network.value.logits_at(encoded, self._max_spec)
+    def _logits(self, x0) -> dict:
+        logit = self._network.value.logits_from_x0(x0, self._max_spec)
         logit = tf.reshape(tf.cast(logit, tf.float32), [-1])
         return {"logit": logit, "probability": tf.sigmoid(logit)}
 
     def _serve_examples(self, examples):
-        return self._logits(self.encoder.encode_examples(examples))
+        return self._logits(self.encoder.encode_examples(examples, self._max_spec.embedding_dim))
 
     def _predict_raw(self, raw):
-        return self._logits(self.encoder.encode_raw(raw))
+        return self._logits(self.encoder.encode_raw(raw, self._max_spec.embedding_dim))
 
     def _predict_ids(self, numeric, ids):
-        return self._logits(self.encoder.encode_ids(numeric, ids))
+        return self._logits(self.encoder.encode_ids(numeric, ids, self._max_spec.embedding_dim))
 
     def signatures(self) -> dict:
         return {"serving_default": self.serve_examples.get_concrete_function(),
@@ -201,7 +201,7 @@ def make_plan(keras_model, feature_spec, preprocess=None, tft_output=None):
 
     network = getattr(keras_model, "network", None)
     features = getattr(keras_model, "features", None)
-    if network is None or features is None or not hasattr(network, "logits_at") \
+    if network is None or features is None or not hasattr(network, "logits_from_x0") \
             or not hasattr(network, "embeddings") or network.nested_head:
         raise UnsupportedInputPath(f"{type(keras_model).__name__} is not a standalone ranker")
     raw = parse_spec(feature_spec)
@@ -279,7 +279,7 @@ def check_fused(reference: RankerServingModule, fused: FusedRankerServingModule,
     numeric, strings, ints = fused.encoder.stack_raw(raw)
     got_rows = fused.encoder.rows(strings, ints).numpy()
     for j, (col, want) in enumerate(zip(plan.categorical, ref_ids, strict=True)):
-        got = got_rows[j] - fused.encoder._offsets[j]
+        got = got_rows[:, j] - fused.encoder._offsets[j]
         bad = np.flatnonzero(got != want.numpy())
         if bad.size:
             i = bad[0]
