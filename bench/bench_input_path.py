@@ -348,7 +348,7 @@ def main(argv=None) -> int:
     specs = arm_specs(model.config, arms, 1)
     root = tempfile.mkdtemp(prefix="matta-bench-input-path-")
     report = {"command": "bin/matta-env python bench/bench_input_path.py " + " ".join(argv or sys.argv[1:]),
-              "arms": {}, "settings": vars(args)}
+              "arms": {}, "settings": {**vars(args), "out": os.path.relpath(args.out, REPO)}}
     loaded, modules = {}, {}
     for arm in arms:
         standalone = extract(model, specs[arm], name=arm)
