@@ -21,11 +21,12 @@ does: `input_path="per_feature"` (the export before the fused path existed) and
     parse      ParseExampleV2 (+ densifying missing values)
     transform  numeric transform (TFT z-score, the model's normalisation)
     lookups    categorical values -> embedding rows (vocabularies, OOV hashing)
-    model      embedding gather + cross/MLP/logit (the part that grows with size)
+    gather     embedding gather + the cross stack's input x0 = [numeric | embeddings]
+    model      cross/MLP/logit (the arithmetic that grows with size)
 
 The per-feature split uses the export's own pieces: parse (VarLen), the TFT layer
 (transform + lookups together, one op chain per feature), the model (its per-feature
-preprocessing and gathers, then the network). Timings are medians on a shared machine:
+preprocessing and gathers, then the network: `gather` is inside `model` there). Timings are medians on a shared machine:
 the load average is recorded at start and end.
 """
 from __future__ import annotations
@@ -137,15 +138,22 @@ def fused_pieces(module, examples_t):
         numeric, strings, ints = enc.parse(x)
         return scalar(enc.transform_numeric(numeric), enc.rows(strings, ints))
 
+    dim = net.max_spec.embedding_dim
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def gather(x):
+        numeric, strings, ints = enc.parse(x)
+        return scalar(enc.model_input(enc.transform_numeric(numeric), enc.rows(strings, ints), dim))
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def full(x):
         numeric, strings, ints = enc.parse(x)
-        encoded = (enc.transform_numeric(numeric), enc.embed(enc.rows(strings, ints)))
-        return {"logit": net.logits_at(encoded, net.max_spec)}
+        x0 = enc.model_input(enc.transform_numeric(numeric), enc.rows(strings, ints), dim)
+        return {"logit": net.logits_from_x0(x0, net.max_spec)}
 
     return {name: (lambda f=f: f(examples_t)) for name, f in
             [("overhead", overhead), ("parse", parse), ("transform", transform),
-             ("lookups", lookups), ("model", full)]}
+             ("lookups", lookups), ("gather", gather), ("model", full)]}
 
 
 def per_feature_pieces(module, examples_t):
@@ -180,6 +188,50 @@ def per_feature_pieces(module, examples_t):
     return {name: (lambda f=f: f(examples_t)) for name, f in
             [("overhead", overhead), ("parse", parse), ("transform+lookups", tft_layer),
              ("model", full)]}
+
+
+def op_profile(export_dir: str, examples: list[bytes], batch: int, runs: int = 40) -> dict:
+    """Per-op wall time inside serving_default: the SavedModel in a TF1 Session (same graph,
+    grappler-optimised like the TF2 runtime), `runs` calls with FULL_TRACE; returns
+    {"ops_per_call", "op_sum_us", "by_type": {op type: us per call}, "top": [[node, type,
+    us per call, output shapes]]}. Op times overlap where ops run in parallel, and the
+    trace adds a little per op, so use it for where the time goes, not for latency."""
+    import collections
+
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        sess = tf.compat.v1.Session(graph=graph)
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], export_dir)
+        sig = meta.signature_def["serving_default"]
+        feed = {sig.inputs["examples"].name: examples[:batch]}
+        fetch = sig.outputs["logit"].name
+        for _ in range(20):
+            sess.run(fetch, feed)
+        by_node, types, shapes, counts = collections.Counter(), {}, {}, []
+        options = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.FULL_TRACE)
+        for _ in range(runs):
+            meta_run = tf.compat.v1.RunMetadata()
+            sess.run(fetch, feed, options=options, run_metadata=meta_run)
+            n = 0
+            for dev in meta_run.step_stats.dev_stats:
+                for ns in dev.node_stats:
+                    n += 1
+                    by_node[ns.node_name] += ns.op_end_rel_micros - ns.op_start_rel_micros
+                    types[ns.node_name] = ns.timeline_label.split(" = ")[-1].split("(")[0] or "?"
+                    shapes[ns.node_name] = [[d.size for d in o.tensor_description.shape.dim]
+                                            for o in ns.output][:2]
+            counts.append(n)
+        sess.close()
+    by_type = collections.Counter()
+    for node, us in by_node.items():
+        by_type[types[node]] += us / runs
+    return {"batch": batch, "ops_per_call": float(np.median(counts)),
+            "op_sum_us": sum(by_type.values()),
+            "by_type": dict(by_type.most_common()),
+            "top": [[node.split("/")[-1], types[node], us / runs, shapes[node]]
+                    for node, us in by_node.most_common(12)]}
 
 
 def split_from(prefix_times: dict) -> dict:
@@ -228,17 +280,37 @@ def markdown(report: dict, arms: list[str]) -> str:
         f"after {lat[k][f'{arms[0]}/fused']['p50_ms'] / lat[k][f'{arms[-1]}/fused']['p50_ms']:.2f}"
         for k in lat if k.startswith("serving_default")), ""]
     lines += ["Split of serving_default (process CPU ms per call; piece = difference of growing "
-              "prefixes of the graph; `model` = embedding gather + cross/MLP/logit):", "",
-              "| student | path | batch | overhead | parse | transform | lookups | model | total | model share |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "prefixes of the graph; `gather` = embedding gather + building x0, `model` = "
+              "cross/MLP/logit; per-feature: both in `model`):", "",
+              "| student | path | batch | overhead | parse | transform | lookups | gather | model | total "
+              "| model share |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, v in split.items():
         arm, path, batch = key.split("/")
         s = v["split_cpu_ms"]
         tl = s.get("transform", s.get("transform+lookups", 0.0))
-        lk = s.get("lookups", None)
+        lk, ga = s.get("lookups", None), s.get("gather", None)
         lines.append(f"| {arm} | {path} | {batch} | {s['overhead']:.3f} | {s['parse']:.3f} | {tl:.3f} | "
-                     f"{'(in transform)' if lk is None else f'{lk:.3f}'} | {s['model']:.3f} | {s['total']:.3f} | "
+                     f"{'(in transform)' if lk is None else f'{lk:.3f}'} | "
+                     f"{'(in model)' if ga is None else f'{ga:.3f}'} | {s['model']:.3f} | {s['total']:.3f} | "
                      f"{s['model'] / s['total']:.0%} |")
+    if report.get("op_profile"):
+        prof = report["op_profile"]
+        keys = list(prof)
+        kinds = sorted({t for v in prof.values() for t in v["by_type"]},
+                       key=lambda t: -max(v["by_type"].get(t, 0.0) for v in prof.values()))
+        lines += ["", "Per-op time inside the fused serving_default (`op_profile`: the SavedModel in a "
+                  "TF1 Session with FULL_TRACE, mean us per call by op type; ops that run in parallel "
+                  "overlap, so columns can exceed the wall time):", "",
+                  "| op type | " + " | ".join(f"{k.split('/')[0]} @{k.split('/')[1]}" for k in keys) + " |",
+                  "|---|" + "---|" * len(keys)]
+        shown = [t for t in kinds if max(v["by_type"].get(t, 0.0) for v in prof.values()) >= 5.0]
+        for t in shown:
+            lines.append(f"| {t} | " + " | ".join(f"{prof[k]['by_type'].get(t, 0.0):.0f}" for k in keys) + " |")
+        lines.append("| (other op types) | " + " | ".join(
+            f"{sum(v for t, v in prof[k]['by_type'].items() if t not in shown):.0f}" for k in keys) + " |")
+        lines.append("| **sum** | " + " | ".join(f"{prof[k]['op_sum_us']:.0f}" for k in keys) + " |")
+        lines.append("| ops per call | " + " | ".join(f"{prof[k]['ops_per_call']:.0f}" for k in keys) + " |")
     lines += ["", "Equality (same eval examples, both exports): " + ", ".join(
         f"{a}: max |diff| serving_default {report['arms'][a]['max_abs_diff']['serving_default']:.1e}, "
         f"predict_raw {report['arms'][a]['max_abs_diff']['predict_raw']:.1e}" for a in arms), ""]
@@ -276,7 +348,7 @@ def main(argv=None) -> int:
     specs = arm_specs(model.config, arms, 1)
     root = tempfile.mkdtemp(prefix="matta-bench-input-path-")
     report = {"command": "bin/matta-env python bench/bench_input_path.py " + " ".join(argv or sys.argv[1:]),
-              "arms": {}, "settings": vars(args)}
+              "arms": {}, "settings": {**vars(args), "out": os.path.relpath(args.out, REPO)}}
     loaded, modules = {}, {}
     for arm in arms:
         standalone = extract(model, specs[arm], name=arm)
@@ -356,6 +428,15 @@ def main(argv=None) -> int:
                 print(f"split {arm} {path} batch {batch}: " + ", ".join(f"{k} {v:.3f}" for k, v in s.items()),
                       flush=True)
     report["split"] = split
+    # ---- per-op profile of the fused serving_default (where the time goes inside the graph)
+    report["op_profile"] = {}
+    for arm in arms:
+        for batch in (64, 512):
+            prof = op_profile(os.path.join(root, f"{arm}_fused"), examples, batch)
+            report["op_profile"][f"{arm}/{batch}"] = prof
+            print(f"op profile {arm} batch {batch}: {prof['ops_per_call']:.0f} ops, "
+                  f"{prof['op_sum_us']:.0f} us; " + ", ".join(
+                      f"{k} {v:.0f}" for k, v in list(prof["by_type"].items())[:8]), flush=True)
     report["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(),
                          "load_avg_start": load_start, "load_avg_end": os.getloadavg(),
                          "python": platform.python_version(), "tensorflow": tf.__version__}

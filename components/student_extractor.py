@@ -120,8 +120,8 @@ class StudentExtractorExecutor(base_executor.BaseExecutor):
             target = artifact_utils.get_single_instance(output_dict[arm_output_key(arm)])
             export_dir = os.path.join(target.uri, "Format-Serving")
             # A fresh TFT layer per export: each SavedModel tracks its own copy of the assets.
-            # The fused input path (default "auto") is checked against the TFT graph on probe
-            # inputs and on the warm-up examples before it is written.
+            # The fused input path (the default) is checked against the TFT graph on probe
+            # inputs and on the warm-up examples before it is written; a mismatch is an error.
             export_saved_model(standalone, export_dir, parse_spec,
                                preprocess=tft_output.transform_features_layer(),
                                tft_output=tft_output, check_examples=warmup)

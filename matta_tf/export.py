@@ -20,14 +20,16 @@ Signatures (all outputs float32 [None]):
 Input path (`input_path`): "fused" computes the model inputs with one op per feature
 *kind* (`matta_tf.input_path`: one parse, numerics as one matrix, one lookup table over
 all vocabularies, one gather from one concatenated embedding table); "per_feature" is the
-original graph (parse -> `preprocess` -> the model's per-feature lookups and gathers);
-"auto" (default) exports fused when the model is a standalone ranker and the
-preprocessing is the model's own or a TFT layer the fused path reproduces, and keeps the
-per-feature graph otherwise. Before a fused export is written its outputs are compared
-with the per-feature graph's on probe inputs (every vocabulary value, unknown and missing
-values, numeric special points, `check_examples`): categorical ids must be equal and
-logits within 1e-6 (relative above 1), else "auto" falls back to per-feature (with a
-warning) and "fused" raises. `loaded.input_path_info()` says which path was exported.
+original graph (parse -> `preprocess` -> the model's per-feature lookups and gathers).
+"fused" is the default; it needs a standalone ranker whose preprocessing is its own or a
+TFT layer the fused path reproduces (else `UnsupportedInputPath`, naming the model and
+why: pass `input_path="per_feature"` for anything else). Before a fused export is written
+its outputs are compared with the per-feature graph's on probe inputs (every vocabulary
+value, unknown and missing values, numeric special points, `check_examples`):
+categorical ids must be equal, numeric inputs and logits within 1e-6 (relative above 1),
+else `FusedCheckError` names the model, the export dir, the signature (or model input)
+and the max |diff|, and nothing is written - there is no silent fallback to the slower
+graph. `loaded.input_path_info()` says which path was exported.
 
 Preprocessing (lookups, hashing, normalisation) is part of the Keras model, so clients
 send raw values. An optional `preprocess` callable (e.g. `tft.TFTransformOutput.
@@ -48,7 +50,6 @@ loaded.signatures["serving_default"](examples=tf.constant([ex.SerializeToString(
 from __future__ import annotations
 
 import json
-import logging
 
 import matta_tf  # noqa: F401
 
@@ -57,8 +58,11 @@ import tensorflow as tf
 
 from matta_tf.config import FeatureSpec
 
-log = logging.getLogger("matta.export")
-INPUT_PATHS = ("auto", "fused", "per_feature")
+INPUT_PATHS = ("fused", "per_feature")
+
+
+class FusedCheckError(ValueError):
+    """The fused input path's outputs differ from the per-feature graph's (see `check_fused`)."""
 
 
 def parse_spec(feature_spec: FeatureSpec | dict) -> dict:
@@ -170,19 +174,19 @@ class FusedRankerServingModule(tf.Module):
         info = json.dumps({"input_path": "fused", **plan.describe()})
         self.input_path_info = tf.function(lambda: tf.constant(info), input_signature=[])
 
-    def _logits(self, encoded) -> dict:
-        logit = self._network.value.logits_at(encoded, self._max_spec)
+    def _logits(self, x0) -> dict:
+        logit = self._network.value.logits_from_x0(x0, self._max_spec)
         logit = tf.reshape(tf.cast(logit, tf.float32), [-1])
         return {"logit": logit, "probability": tf.sigmoid(logit)}
 
     def _serve_examples(self, examples):
-        return self._logits(self.encoder.encode_examples(examples))
+        return self._logits(self.encoder.encode_examples(examples, self._max_spec.embedding_dim))
 
     def _predict_raw(self, raw):
-        return self._logits(self.encoder.encode_raw(raw))
+        return self._logits(self.encoder.encode_raw(raw, self._max_spec.embedding_dim))
 
     def _predict_ids(self, numeric, ids):
-        return self._logits(self.encoder.encode_ids(numeric, ids))
+        return self._logits(self.encoder.encode_ids(numeric, ids, self._max_spec.embedding_dim))
 
     def signatures(self) -> dict:
         return {"serving_default": self.serve_examples.get_concrete_function(),
@@ -201,9 +205,10 @@ def make_plan(keras_model, feature_spec, preprocess=None, tft_output=None):
 
     network = getattr(keras_model, "network", None)
     features = getattr(keras_model, "features", None)
-    if network is None or features is None or not hasattr(network, "logits_at") \
+    if network is None or features is None or not hasattr(network, "logits_from_x0") \
             or not hasattr(network, "embeddings") or network.nested_head:
-        raise UnsupportedInputPath(f"{type(keras_model).__name__} is not a standalone ranker")
+        raise UnsupportedInputPath(f"{type(keras_model).__name__} is not a standalone ranker (cut one "
+                                   "out with matta_tf.extract.extract(model, spec))")
     raw = parse_spec(feature_spec)
     if preprocess is None:
         if tft_output is not None:
@@ -255,12 +260,19 @@ def _probe_examples(columns: dict, raw_spec: dict, rows: int, empty_lists: bool)
 
 
 def check_fused(reference: RankerServingModule, fused: FusedRankerServingModule, raw_spec: dict,
-                check_examples=(), tolerance: float = 1e-6) -> dict:
-    """Compares the fused module with the per-feature one on probe inputs; raises
-    `UnsupportedInputPath` naming the first difference. Returns the largest differences."""
+                check_examples=(), tolerance: float = 1e-6, label: str = "model") -> dict:
+    """Compares the fused module with the per-feature one on probe inputs: the categorical
+    ids (exactly), the numeric model inputs and the logits of every signature (|diff| <=
+    tolerance * max(1, |per-feature|)). Raises `FusedCheckError` naming `label`, the
+    signature or input and its max |diff|; returns the max |diff| of each."""
     import numpy as np
 
-    from matta_tf.input_path import UnsupportedInputPath, probe_columns
+    from matta_tf.input_path import probe_columns
+
+    def fail(what: str, detail: str):
+        raise FusedCheckError(f"{label}: fused input path differs from the per-feature graph in "
+                              f"{what}: {detail}; pass input_path='per_feature' to export the "
+                              f"per-feature graph")
 
     plan = fused._plan
     columns = probe_columns(plan)
@@ -277,19 +289,20 @@ def check_fused(reference: RankerServingModule, fused: FusedRankerServingModule,
         ref_features = reference.preprocess(ref_features)
     ref_numeric, ref_ids = network.preprocessor(ref_features)
     numeric, strings, ints = fused.encoder.stack_raw(raw)
-    got_rows = fused.encoder.rows(strings, ints).numpy()
+    got_rows = fused.encoder.rows(strings, ints).numpy()  # [B, m]
     for j, (col, want) in enumerate(zip(plan.categorical, ref_ids, strict=True)):
-        got = got_rows[j] - fused.encoder._offsets[j]
-        bad = np.flatnonzero(got != want.numpy())
+        got, want = got_rows[:, j] - fused.encoder._offsets[j], want.numpy()
+        bad = np.flatnonzero(got != want)
         if bad.size:
             i = bad[0]
-            raise UnsupportedInputPath(
-                f"fused ids differ for {col.name!r}: value {columns[col.name][i]!r} -> "
-                f"{got[i]} (per-feature: {want.numpy()[i]})")
+            fail(f"the ids of {col.name!r}",
+                 f"{bad.size} of {len(got)} probe values differ, max |diff| "
+                 f"{int(np.max(np.abs(got - want)))}, e.g. {columns[col.name][i]!r} -> {got[i]} "
+                 f"(per-feature: {want[i]})")
     got_numeric = fused.encoder.transform_numeric(numeric).numpy()
-    num_diff = float(np.max(np.abs(got_numeric - ref_numeric.numpy()), initial=0.0))
+    num_diff = float(np.nanmax(np.abs(got_numeric - ref_numeric.numpy()), initial=0.0))
     if not np.allclose(got_numeric, ref_numeric.numpy(), rtol=tolerance, atol=tolerance, equal_nan=True):
-        raise UnsupportedInputPath(f"fused numeric inputs differ by up to {num_diff:g}")
+        fail("the numeric model inputs", f"max |diff| {num_diff:.3g} (tolerance {tolerance:g})")
     # 2. logits through all three entry points.
     diffs = {"numeric": num_diff}
 
@@ -299,8 +312,9 @@ def check_fused(reference: RankerServingModule, fused: FusedRankerServingModule,
         diffs[what] = float(np.max(np.abs(want - got), initial=0.0))
         if not (np.all(err <= tolerance) or np.array_equal(want, got, equal_nan=True)):
             i = int(np.nanargmax(err))
-            raise UnsupportedInputPath(f"fused {what} logit {got[i]} != per-feature {want[i]} "
-                                       f"(row {i}, |diff| {abs(got[i] - want[i]):g})")
+            fail(f"signature {what}",
+                 f"max |logit diff| {np.nanmax(np.abs(want - got)):.3g} (tolerance {tolerance:g}, "
+                 f"relative above 1), worst row {i}: {got[i]:.7g} vs {want[i]:.7g}")
 
     compare("predict_raw", reference.predict_raw(raw), fused.predict_raw(raw))
     batch = tf.constant(_probe_examples(columns, raw_spec, 256, empty_lists=False)
@@ -328,32 +342,33 @@ def check_fused(reference: RankerServingModule, fused: FusedRankerServingModule,
 
 
 def export_saved_model(keras_model: tf.keras.Model, export_dir: str, feature_spec: FeatureSpec | dict,
-                       preprocess=None, *, input_path: str = "auto", tft_output=None,
+                       preprocess=None, *, input_path: str = "fused", tft_output=None,
                        check_examples=()) -> str:
     """Write `keras_model` (raw features -> logit [B]) as a SavedModel at `export_dir`.
 
-    `input_path`: "auto" | "fused" | "per_feature" (see the module docstring);
-    `tft_output`: the `TFTransformOutput` of a TFT `preprocess` layer (found on the layer
-    when not given); `check_examples`: serialized tf.Examples added to the fused path's
-    equality check (e.g. the warm-up requests)."""
+    `input_path`: "fused" (default) | "per_feature" (see the module docstring): "fused"
+    raises `UnsupportedInputPath` when the fused path does not apply and `FusedCheckError`
+    when its outputs differ, writing nothing; `tft_output`: the `TFTransformOutput` of a
+    TFT `preprocess` layer (found on the layer when not given); `check_examples`:
+    serialized tf.Examples added to the fused path's equality check (e.g. the warm-up
+    requests)."""
     from matta_tf.input_path import UnsupportedInputPath
 
     if input_path not in INPUT_PATHS:
         raise ValueError(f"input_path must be one of {list(INPUT_PATHS)}, got {input_path!r}")
     reference = RankerServingModule(keras_model, feature_spec, preprocess)
-    if input_path != "per_feature":
-        try:
-            plan = make_plan(keras_model, feature_spec, preprocess, tft_output)
-            fused = FusedRankerServingModule(keras_model, plan, reference.parse_spec)
-            check_fused(reference, fused, reference.parse_spec, check_examples)
-            tf.saved_model.save(fused, export_dir, signatures=fused.signatures())
-            return export_dir
-        except UnsupportedInputPath as err:
-            if input_path == "fused":
-                raise
-            log.warning("export to %s: per-feature input path (the fused one does not apply: %s)",
-                        export_dir, err)
-    tf.saved_model.save(reference, export_dir, signatures=reference.signatures())
+    if input_path == "per_feature":
+        tf.saved_model.save(reference, export_dir, signatures=reference.signatures())
+        return export_dir
+    label = f"export of {keras_model.name!r} to {export_dir}"
+    try:
+        plan = make_plan(keras_model, feature_spec, preprocess, tft_output)
+        fused = FusedRankerServingModule(keras_model, plan, reference.parse_spec)
+    except UnsupportedInputPath as err:
+        raise UnsupportedInputPath(f"{label}: the fused input path does not apply ({err}); pass "
+                                   f"input_path='per_feature' to export the per-feature graph") from err
+    check_fused(reference, fused, reference.parse_spec, check_examples, label=label)
+    tf.saved_model.save(fused, export_dir, signatures=fused.signatures())
     return export_dir
 
 

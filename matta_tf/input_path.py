@@ -1,4 +1,4 @@
-"""Vectorised serving input path: raw features -> (numeric [B, n], embeddings [B, D, m]).
+"""Vectorised serving input path: raw features -> the model's input x0 [B, n + d*m].
 
 The per-feature path of an export (`tf.io.parse_example` with one VarLen spec per feature,
 then a TFT layer and the model's `FeaturePreprocessor`, then one embedding gather per
@@ -20,7 +20,8 @@ with a handful of ops over whole feature *kinds*:
   embedding table; a value not in the column's vocabulary gets `base + hash mod buckets`
   (the OOV rule of TFT's `StaticVocabularyTable` and of Keras `StringLookup`/`Hashing`);
   integer-id columns (`num_ids`) go through the model's out-of-range rule column-wise;
-* embeddings: one gather from the concatenated table -> [m, B, D] -> [B, D, m].
+* embeddings: one gather from the concatenated table -> [B, m, D], split along D and
+  concatenated after the numerics: the model's input x0 = [numeric | e_0 | ... | e_{d-1}].
 
 `InputPlan` describes, per column, the whole map from a raw value to a model input:
 
@@ -47,8 +48,8 @@ Example:
 ```python
 plan = plan_from_feature_spec(config.features)
 encoder = FusedEncoder(plan, standalone_model)
-numeric, stacked = encoder.encode_examples(serialized)   # inside a tf.function
-logits = standalone_model.network.logits_at((numeric, stacked), standalone_model.spec)
+x0 = encoder.encode_examples(serialized)   # inside a tf.function
+logits = standalone_model.network.logits_from_x0(x0, standalone_model.spec)
 ```
 """
 from __future__ import annotations
@@ -311,22 +312,16 @@ def _as_bytes(value) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
 
 
-def _column_index(parsed: dict, names: list[str], column_major: bool):
+def _column_index(parsed: dict, names: list[str]):
     """Where each (example, column) value sits in the concatenated ragged values of `names`:
-    index [k, B] (`column_major`) or [B, k]; a missing value (feature left out, or an empty
-    list) points after all values, at the column's default (`total + column`). An example
-    giving a feature more than one value is INVALID_ARGUMENT."""
+    index [B, k]; a missing value (feature left out, or an empty list) points after all
+    values, at the column's default (`total + column`). An example giving a feature more
+    than one value is INVALID_ARGUMENT."""
     k = len(names)
-    if column_major:
-        splits = tf.stack([parsed[n].row_splits for n in names])  # [k, B+1]
-        starts, ends, counts = splits[:, :-1], splits[:, 1:], splits[:, -1]
-        offsets = tf.cumsum(counts, exclusive=True)[:, None]
-        column = tf.range(k, dtype=tf.int64)[:, None]
-    else:
-        splits = tf.stack([parsed[n].row_splits for n in names], axis=1)  # [B+1, k]
-        starts, ends, counts = splits[:-1], splits[1:], splits[-1]
-        offsets = tf.cumsum(counts, exclusive=True)[None, :]
-        column = tf.range(k, dtype=tf.int64)[None, :]
+    splits = tf.stack([parsed[n].row_splits for n in names], axis=1)  # [B+1, k]
+    starts, ends, counts = splits[:-1], splits[1:], splits[-1]
+    offsets = tf.cumsum(counts, exclusive=True)[None, :]
+    column = tf.range(k, dtype=tf.int64)[None, :]
     lengths = ends - starts
     # Assert with string data only: a single op (assert_less_equal adds an If around it).
     check = tf.debugging.Assert(
@@ -402,7 +397,8 @@ class FusedEncoder(tf.Module):
         self._normalise = any(c.mean != 0.0 or c.std != 1.0 for c in num)
         self._mean = tf.constant([f32(c.mean) for c in num], tf.float32)
         self._std = tf.constant([f32(c.std) for c in num], tf.float32)
-        # ---- categorical: rows of one concatenated embedding table (constants [k, 1])
+        # ---- categorical: rows of one concatenated embedding table ([B, k] ids; constants [k]
+        # broadcast over the examples)
         offsets = np.cumsum([0] + [c.rows for c in cats])[:-1].astype(np.int64)
         self._offsets = offsets
         for c in cats:
@@ -447,8 +443,8 @@ class FusedEncoder(tf.Module):
             if not self._direct_rows:
                 self.rows_table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
                     tf.constant(keys2, tf.int64), tf.constant(rows2, tf.int64)), -1)
-        self._block_lo = tf.constant([[offsets[j]] for j in self._string_cols], tf.int64)
-        self._block_hi = tf.constant([[offsets[j] + cats[j].rows] for j in self._string_cols], tf.int64)
+        self._block_lo = tf.constant([offsets[j] for j in self._string_cols], tf.int64)
+        self._block_hi = tf.constant([offsets[j] + cats[j].rows for j in self._string_cols], tf.int64)
         modulus = [groups[group_of[c.miss_buckets]][0] for c in sc]
         self._hash_groups = []  # (modulus, first, end) over the string-column order
         for p, mod in enumerate(modulus):
@@ -457,9 +453,9 @@ class FusedEncoder(tf.Module):
             else:
                 self._hash_groups.append([mod, p, p + 1])
         self._reduce_buckets = any(c.miss_buckets != m for c, m in zip(sc, modulus, strict=True))
-        self._buckets = tf.constant([[c.miss_buckets] for c in sc], tf.int64)
-        self._miss_base = tf.constant([[c.miss_base] for c in sc], tf.int64)
-        self._string_column = tf.constant([[p] for p in range(ms)], tf.int64)
+        self._buckets = tf.constant([c.miss_buckets for c in sc], tf.int64)
+        self._miss_base = tf.constant([c.miss_base for c in sc], tf.int64)
+        self._string_column = tf.constant(list(range(ms)), tf.int64)
         defaults = [_as_bytes(c.parse_default) for c in sc]
         self._u_defaults = tf.constant(
             [(first_row if self._direct_rows else unique).get(d, -1) for d in defaults], tf.int64)
@@ -469,24 +465,24 @@ class FusedEncoder(tf.Module):
         # Whether a miss can leave [0, num_ids) (else the model stage is the identity).
         self._string_post = any(c.num_ids is not None and (c.miss_base < 0 or
                                 c.miss_base + c.miss_buckets > c.num_ids) for c in sc)
-        self._string_offsets = tf.constant([[offsets[j]] for j in self._string_cols], tf.int64)
+        self._string_offsets = tf.constant([offsets[j] for j in self._string_cols], tf.int64)
         ic = [cats[j] for j in self._int_cols]
         self._int_defaults = tf.constant([int(c.parse_default) for c in ic], tf.int64)
-        self._int_offsets = tf.constant([[offsets[j]] for j in self._int_cols], tf.int64)
-        self._all_offsets = tf.constant([[o] for o in offsets], tf.int64)
-        self._all_rows = tf.constant([[c.rows] for c in cats], tf.int64)
+        self._int_offsets = tf.constant([offsets[j] for j in self._int_cols], tf.int64)
+        self._all_offsets = tf.constant(offsets, tf.int64)
+        self._all_rows = tf.constant([c.rows for c in cats], tf.int64)
 
         def post_consts(columns):
             num_ids = [c.num_ids if c.num_ids is not None else INT64_MAX for c in columns]
             oov = [c.oov_buckets if c.num_ids is not None else 0 for c in columns]
-            return (tf.constant([[v] for v in num_ids], tf.int64),
-                    tf.constant([[max(v, 1)] for v in oov], tf.int64),
-                    tf.constant([[v > 0] for v in oov], tf.bool))
+            return (tf.constant(num_ids, tf.int64),
+                    tf.constant([max(v, 1) for v in oov], tf.int64),
+                    tf.constant([v > 0 for v in oov], tf.bool))
 
         self._string_post_consts = post_consts(sc)
         self._int_post_consts = post_consts(ic)
         self._all_post_consts = post_consts(cats)
-        self._all_post_mask = tf.constant([[c.num_ids is not None] for c in cats], tf.bool)
+        self._all_post_mask = tf.constant([c.num_ids is not None for c in cats], tf.bool)
         # ---- one embedding table
         dims = {int(t.shape[1]) for t in embeddings}
         if len(dims) > 1:
@@ -495,7 +491,7 @@ class FusedEncoder(tf.Module):
             self.embeddings = tf.Variable(tf.concat([tf.convert_to_tensor(t) for t in embeddings], 0),
                                           trainable=False, name="embeddings")
 
-    # -- model stage of categorical ids, column-wise ([k, B] ids, consts [k, 1])
+    # -- model stage of categorical ids, column-wise ([B, k] ids, consts [k])
     @staticmethod
     def _post_rule(ids, consts):
         num_ids, oov, has_oov = consts
@@ -517,13 +513,13 @@ class FusedEncoder(tf.Module):
         names = self.plan.numeric_names
         if not names:
             return tf.zeros([tf.shape(examples)[0], 0], tf.float32)
-        index = _column_index(parsed, names, column_major=False)  # [B, n]
+        index = _column_index(parsed, names)  # [B, n]
         values = tf.concat([parsed[n].values for n in names], 0)
         return _gather_with_defaults(values, self._num_defaults, index)
 
     def parse(self, examples):
         """serialized tf.Examples [B] -> (raw numeric [B, n], string columns or None, int
-        columns [mi, B] or None). The string columns are (present values [N], index [ms, B]
+        columns [B, mi] or None). The string columns are (present values [N], index [B, ms]
         into them; past the end = missing): `rows` looks up only the values present."""
         parsed = tf.io.parse_example(examples, self.parse_spec())
         cats = self.plan.categorical
@@ -531,14 +527,14 @@ class FusedEncoder(tf.Module):
         strings = None
         if self._string_cols:
             names = [cats[j].name for j in self._string_cols]
-            index = _column_index(parsed, names, column_major=True)
+            index = _column_index(parsed, names)
             counts = (tf.stack([parsed[n].row_splits[-1] for n in names])
                       if len(self._hash_groups) > 1 else None)
             strings = (tf.concat([parsed[n].values for n in names], 0), index, counts)
         ints = None
         if self._int_cols:
             names = [cats[j].name for j in self._int_cols]
-            index = _column_index(parsed, names, column_major=True)
+            index = _column_index(parsed, names)
             values = tf.concat([parsed[n].values for n in names], 0)
             ints = _gather_with_defaults(values, self._int_defaults, index)
         return numeric, strings, ints
@@ -546,20 +542,20 @@ class FusedEncoder(tf.Module):
     def _hash_values(self, values, counts=None):
         """string values -> (u: the value's row (`_direct_rows`) or distinct-value index, -1
         if in no vocabulary; h: hash mod its group's lcm).
-        `values` are [ms, B] (string-column order) or, with `counts` (values per column),
+        `values` are [B, ms] (string-column order) or, with `counts` (values per column),
         the columns' present values concatenated."""
         u = self.values.lookup(values) if self._has_table else -tf.ones_like(values, tf.int64)
         if len(self._hash_groups) == 1:
             return u, tf.strings.to_hash_bucket_fast(values, self._hash_groups[0][0])
         parts = []
-        if counts is None:  # dense: a group is a block of rows
+        if counts is None:  # dense: a group is a block of columns
             for mod, first, end in self._hash_groups:
-                parts.append(tf.strings.to_hash_bucket_fast(values[first:end], mod))
-        else:  # present values: a group is a block of values
-            bounds = tf.concat([tf.zeros([1], counts.dtype), tf.cumsum(counts)], 0)
-            for mod, first, end in self._hash_groups:
-                block = values[bounds[first]:bounds[end]]
-                parts.append(tf.strings.to_hash_bucket_fast(block, mod))
+                parts.append(tf.strings.to_hash_bucket_fast(values[:, first:end], mod))
+            return u, tf.concat(parts, 1)
+        bounds = tf.concat([tf.zeros([1], counts.dtype), tf.cumsum(counts)], 0)
+        for mod, first, end in self._hash_groups:  # present values: a group is a block of values
+            block = values[bounds[first]:bounds[end]]
+            parts.append(tf.strings.to_hash_bucket_fast(block, mod))
         return u, tf.concat(parts, 0)
 
     def stack_raw(self, raw: dict):
@@ -570,9 +566,9 @@ class FusedEncoder(tf.Module):
             numeric = tf.stack([tf.cast(raw[n], tf.float32) for n in names], axis=1)
         else:
             numeric = tf.zeros([tf.shape(raw[cats[0].name])[0], 0], tf.float32)
-        strings = ((tf.stack([raw[cats[j].name] for j in self._string_cols]), None, None)
+        strings = ((tf.stack([raw[cats[j].name] for j in self._string_cols], axis=1), None, None)
                    if self._string_cols else None)
-        ints = (tf.stack([tf.cast(raw[cats[j].name], tf.int64) for j in self._int_cols])
+        ints = (tf.stack([tf.cast(raw[cats[j].name], tf.int64) for j in self._int_cols], axis=1)
                 if self._int_cols else None)
         return numeric, strings, ints
 
@@ -596,8 +592,8 @@ class FusedEncoder(tf.Module):
 
     # -- categorical
     def rows(self, strings, ints):
-        """string columns (values [ms, B], None) or (present values [N], index [ms, B]),
-        ints [mi, B] -> rows of the concatenated table [m, B]."""
+        """string columns (values [B, ms], None) or (present values [N], index [B, ms]),
+        ints [B, mi] -> rows of the concatenated table [B, m]."""
         parts = []
         if strings is not None:
             values, index, counts = strings
@@ -617,16 +613,15 @@ class FusedEncoder(tf.Module):
             parts.append(tf.where(hit >= 0, hit, miss + self._string_offsets))
         if ints is not None:
             parts.append(self._post_rule(ints, self._int_post_consts) + self._int_offsets)
-        rows = parts[0] if len(parts) == 1 else tf.concat(parts, 0)  # [m, B]
+        rows = parts[0] if len(parts) == 1 else tf.concat(parts, 1)  # [B, m]
         if self._perm is not None:
-            rows = tf.gather(rows, self._perm)
+            rows = tf.gather(rows, self._perm, axis=1)
         return rows
 
     def rows_from_ids(self, ids):
-        """predict_ids: pre-ids [B, m] (model order) -> rows [m, B]; an id a column without
+        """predict_ids: pre-ids [B, m] (model order) -> rows [B, m]; an id a column without
         an out-of-range rule cannot hold is INVALID_ARGUMENT."""
-        m = len(self.plan.categorical)
-        ids = tf.stack(tf.unstack(tf.cast(ids, tf.int64), num=m, axis=1))  # [m, B]
+        ids = tf.cast(ids, tf.int64)
         mask = self._all_post_mask
         bad = tf.logical_and(tf.logical_not(mask), (ids < 0) | (ids >= self._all_rows))
         check = tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)),
@@ -635,25 +630,36 @@ class FusedEncoder(tf.Module):
             ids = tf.where(mask, self._post_rule(ids, self._all_post_consts), ids)
         return ids + self._all_offsets
 
-    def embed(self, rows):
-        """rows [m, B] -> embeddings [B, D, m] (the model's `encode` layout). Unstack + stack
-        rather than a transpose: measured cheaper on CPU."""
-        m = len(self.plan.categorical)
-        if not m:
-            return None
-        return tf.stack(tf.unstack(tf.gather(self.embeddings, rows), num=m), axis=2)
+    def model_input(self, numeric, rows, dim: int | None = None):
+        """numeric [B, n] (transformed), rows [B, m] -> the cross stack's input
 
-    # -- whole input path
-    def encode_examples(self, examples):
+            x0 = [numeric | e_0 | ... | e_{dim-1}]  [B, n + dim*m],  e_k[b, j] = E[rows[b, j], k]
+
+        (`RankerNetwork.logits_at`'s dimension-major layout; `dim` defaults to the table
+        width). One gather [B, m, D], an unstack along D and one concat: measured 2x cheaper
+        at batch 512 than gathering [m, B, D] and re-stacking it as [B, D, m] (a strided Pack)
+        before the concat, and cheaper at batch 64 too (bench/results/input_path.md)."""
+        if not self.plan.categorical:
+            return numeric
+        width = int(self.embeddings.shape[1])
+        dim = width if dim is None else int(dim)
+        if not 0 < dim <= width:
+            raise ValueError(f"embedding dim {dim} not in [1, {width}]")
+        pieces = tf.unstack(tf.gather(self.embeddings, rows), num=width, axis=2)[:dim]
+        return tf.concat([numeric, *pieces], axis=1)
+
+    # -- whole input path: the model's x0 (`RankerNetwork.logits_from_x0`)
+    def encode_examples(self, examples, dim: int | None = None):
         numeric, strings, ints = self.parse(examples)
-        return self.transform_numeric(numeric), self.embed(self.rows(strings, ints))
+        return self.model_input(self.transform_numeric(numeric), self.rows(strings, ints), dim)
 
-    def encode_raw(self, raw: dict):
+    def encode_raw(self, raw: dict, dim: int | None = None):
         numeric, strings, ints = self.stack_raw(raw)
-        return self.transform_numeric(numeric), self.embed(self.rows(strings, ints))
+        return self.model_input(self.transform_numeric(numeric), self.rows(strings, ints), dim)
 
-    def encode_ids(self, numeric, ids):
-        return self.transform_numeric(tf.cast(numeric, tf.float32)), self.embed(self.rows_from_ids(ids))
+    def encode_ids(self, numeric, ids, dim: int | None = None):
+        return self.model_input(self.transform_numeric(tf.cast(numeric, tf.float32)),
+                                self.rows_from_ids(ids), dim)
 
 
 def probe_columns(plan: InputPlan, rows: int | None = None, seed: int = 0) -> dict:

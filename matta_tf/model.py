@@ -307,13 +307,19 @@ class RankerNetwork(tf.keras.layers.Layer):
         d, m = spec.embedding_dim, len(self.features.categorical)
         if d > self.max_spec.embedding_dim:
             raise ValueError(f"embedding_dim {d} > this network's {self.max_spec.embedding_dim}")
-        if spec.cross_layers > len(self.crosses) or len(spec.mlp_widths) > len(self.mlp):
-            raise ValueError(f"spec {spec} is deeper than this network's {self.max_spec}")
         # Dimension-major flattening: [B, d, m] -> [B, d*m] (dim 0 of all features first).
         if m:
             x0 = tf.concat([numeric, tf.reshape(stacked[:, :d, :], [-1, d * m])], axis=1)
         else:  # numeric-only model (reshape cannot infer -1 with zero elements)
             x0 = numeric
+        return self.logits_from_x0(x0, spec)
+
+    def logits_from_x0(self, x0, spec: SubmodelSpec):
+        """Logits from the cross-stack input x0 = [numeric | e_0 | ... | e_{d-1}] ([B, n + d*m],
+        e_k = dim k of every feature's embedding, in feature order): what `logits_at` builds
+        from `encode`'s output. The fused serving path (`matta_tf.input_path`) builds x0 itself."""
+        if spec.cross_layers > len(self.crosses) or len(spec.mlp_widths) > len(self.mlp):
+            raise ValueError(f"spec {spec} is deeper than this network's {self.max_spec}")
         x = x0
         for i in range(spec.cross_layers):
             x = self.crosses[i](x0, x, rank=spec.cross_ranks[i] if spec.low_rank else None)

@@ -21,6 +21,7 @@ from matta_tf.datasets import (
 )
 from matta_tf.export import export_saved_model, make_examples
 from matta_tf.extract import extract
+from matta_tf.input_path import UnsupportedInputPath
 from matta_tf.model import MatTARanker
 
 LOGS = SyntheticLogConfig(num_numeric=3, num_categorical=3, cardinalities=(10, 30, 400), num_crosses=2,
@@ -97,7 +98,11 @@ def test_preprocess_hook_runs_inside_the_graph(tmp_path):
 
     raw_spec = {"x": tf.io.FixedLenFeature([], tf.float32, default_value=0.0),
                 "color": tf.io.VarLenFeature(tf.string)}
-    export_dir = export_saved_model(student, str(tmp_path / "m"), raw_spec, preprocess=Transform())
+    with pytest.raises(UnsupportedInputPath, match="per_feature"):  # no silent fallback
+        export_saved_model(student, str(tmp_path / "f"), raw_spec, preprocess=Transform())
+    assert not (tmp_path / "f").exists()
+    export_dir = export_saved_model(student, str(tmp_path / "m"), raw_spec, preprocess=Transform(),
+                                    input_path="per_feature")
     loaded = tf.saved_model.load(export_dir)
     examples = make_examples({"x": [0.5, 1.0, -2.0], "color": ["blue", "red", "green"]})
     got = loaded.signatures["serving_default"](examples=tf.constant(examples))["logit"].numpy()

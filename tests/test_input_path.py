@@ -25,7 +25,6 @@ from matta_tf.config import (
 )
 from matta_tf.export import export_saved_model, make_examples
 from matta_tf.extract import extract
-from matta_tf.input_path import UnsupportedInputPath
 from matta_tf.model import MatTARanker
 
 TOL = 1e-6
@@ -138,7 +137,7 @@ def test_a_value_in_two_vocabularies_gets_each_columns_row(tmp_path):
 def test_fused_parse_takes_empty_lists_as_missing_and_refuses_two_values(tmp_path):
     student = _raw_model()
     fused = tf.saved_model.load(export_saved_model(student, str(tmp_path / "f"), RAW_FEATURES))
-    assert _info(fused)["input_path"] == "fused"  # auto picks it for a standalone ranker
+    assert _info(fused)["input_path"] == "fused"  # the default
 
     def example(**features):
         return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
@@ -157,7 +156,7 @@ def test_fused_parse_takes_empty_lists_as_missing_and_refuses_two_values(tmp_pat
                 ids=np.array([[0, 0, 7, 0, 0]], np.int64))  # tag has 7 rows: 0..6
 
 
-def test_a_fused_path_that_would_differ_is_not_exported(tmp_path, monkeypatch):
+def test_a_fused_path_that_would_differ_is_an_error_naming_model_input_and_diff(tmp_path, monkeypatch):
     import matta_tf.export as export
 
     student = _raw_model()
@@ -169,10 +168,40 @@ def test_a_fused_path_that_would_differ_is_not_exported(tmp_path, monkeypatch):
         return dataclasses.replace(plan, numeric=(x, *plan.numeric[1:]))
 
     monkeypatch.setattr(export, "make_plan", wrong_plan)
-    with pytest.raises(UnsupportedInputPath, match="numeric"):
-        export_saved_model(student, str(tmp_path / "f"), RAW_FEATURES, input_path="fused")
-    loaded = tf.saved_model.load(export_saved_model(student, str(tmp_path / "a"), RAW_FEATURES))
-    assert _info(loaded)["input_path"] == "per_feature"
+    target = tmp_path / "f"
+    # x is normalised by std 2: a 1e-3 shift of its mean moves the input by 5e-4.
+    with pytest.raises(export.FusedCheckError,
+                       match=rf"'{student.name}' to .*: .*numeric model inputs: max \|diff\| 0\.0005 "
+                             r".*input_path='per_feature'"):
+        export_saved_model(student, str(target), RAW_FEATURES)  # the default is fused
+    assert not target.exists()  # nothing written, no silent per-feature fallback
+    per = tf.saved_model.load(export_saved_model(student, str(tmp_path / "p"), RAW_FEATURES,
+                                                 input_path="per_feature"))
+    assert _info(per)["input_path"] == "per_feature"
+    with pytest.raises(ValueError, match="input_path must be one of"):
+        export_saved_model(student, str(tmp_path / "a"), RAW_FEATURES, input_path="auto")
+
+
+def test_a_fused_signature_that_differs_is_named_with_its_max_diff(tmp_path, monkeypatch):
+    """Only the tf.Example parse is wrong: ids, numeric inputs and predict_raw agree, the
+    error names serving_default and its largest logit difference."""
+    from matta_tf import export
+    from matta_tf.input_path import FusedEncoder
+
+    student = _raw_model()
+    real = FusedEncoder.parse
+
+    def shifted_parse(self, examples):
+        numeric, strings, ints = real(self, examples)
+        return numeric + 0.25, strings, ints
+
+    monkeypatch.setattr(FusedEncoder, "parse", shifted_parse)
+    with pytest.raises(export.FusedCheckError) as err:
+        export_saved_model(student, str(tmp_path / "f"), RAW_FEATURES)
+    message = str(err.value)
+    assert "signature serving_default: max |logit diff| " in message and student.name in message
+    diff = float(message.split("max |logit diff| ")[1].split(" ")[0])
+    assert diff > 1e-3  # a real difference, reported as measured
 
 
 # --------------------------------------------------------------------------- TFT
