@@ -79,18 +79,23 @@ def budgets_for(config):
     return out
 
 
-def compare(val: dict, ev: dict, budgets) -> list[dict]:
-    from matta_tf.frontier import heuristic_pick, select, within
+PICKS = ("selected", "search", "heuristic", "arm", "oracle")
+
+
+def compare(val: dict, ev: dict, budgets, val_logits, val_labels, confidence: float) -> list[dict]:
+    from matta_tf.frontier import heuristic_pick, select, select_over_rule, within
 
     rows = []
     arm_tags = ("student", "mix_1", "ta")
     for b in budgets:
         pick = select(val.values(), b)
+        guarded, evidence = select_over_rule(val.values(), b, val_logits, val_labels, confidence=confidence)
         heur = heuristic_pick(val.values(), b)
         arm = heuristic_pick(val.values(), b, tags=arm_tags)
         oracle = select(ev.values(), b)
-        row = {"budget": b.label, "kind": b.kind, "limit": b.limit}
-        for name, rec in (("search", pick), ("heuristic", heur), ("arm", arm), ("oracle", oracle)):
+        row = {"budget": b.label, "kind": b.kind, "limit": b.limit, "evidence": evidence}
+        for name, rec in (("selected", guarded), ("search", pick), ("heuristic", heur), ("arm", arm),
+                          ("oracle", oracle)):
             if rec is None:
                 row[name] = None
                 continue
@@ -162,7 +167,8 @@ def run(args) -> dict:
     result = {"data": args.data, "rows": {"fit": fit.num_rows, "validation": validation.num_rows,
                                           "eval": data.eval.num_rows},
               "teacher": data.teacher, "settings": dataclasses.asdict(settings), "train_pool": args.train_pool,
-              "search": {"grid_points": args.grid_points, "random_specs": args.random_specs},
+              "search": {"grid_points": args.grid_points, "random_specs": args.random_specs,
+                         "confidence": args.confidence},
               "budgets": [b.to_dict() for b in budgets], "runs": [], "command": args.command}
     if args.stage == "latency":
         model, seconds = train_model(data, base, fit, settings, 0, "pool", args.train_pool)
@@ -179,15 +185,15 @@ def run(args) -> dict:
             cands = candidate_specs(model.config, grid_points=args.grid_points, random_specs=args.random_specs,
                                     seed=100 + seed, mixnmatch=1)
             t0 = time.perf_counter()
-            val = evaluate_candidates(model, val_batches, cands)
+            val, val_logits, val_labels = evaluate_candidates(model, val_batches, cands, return_logits=True)
             ev = evaluate_candidates(model, eval_batches, cands)
             score_s = time.perf_counter() - t0
-            rows = compare(val, ev, budgets)
+            rows = compare(val, ev, budgets, val_logits, val_labels, args.confidence)
             log(f"{args.data} seed {seed} {variant}: trained {seconds:.0f}s, {len(cands)} candidates scored "
                 f"on validation+eval in {score_s:.1f}s")
             for r in rows:
-                s, h, a = r["search"], r["heuristic"], r["arm"]
-                log(f"  {r['budget']:16s} search {s['label'] if s else '-':24s} "
+                s, h, a = r["selected"], r["heuristic"], r["arm"]
+                log(f"  {r['budget']:16s} selected ({r['evidence']['chosen']}) {s['label'] if s else '-':24s} "
                     f"{(s or {}).get('eval_auc', float('nan')):.4f} | heuristic "
                     f"{h['label'] if h else '-':24s} {(h or {}).get('eval_auc', float('nan')):.4f} | arm "
                     f"{(a or {}).get('eval_auc', float('nan')):.4f}")
@@ -211,17 +217,19 @@ def summarise(result: dict) -> dict:
         for i in range(len(result["budgets"])):
             per = [r["budgets"][i] for r in runs]
             row = {"budget": per[0]["budget"], "seeds": len(per)}
-            for name in ("search", "heuristic", "arm", "oracle"):
+            row["chose_search"] = sum(p["evidence"]["chosen"].startswith("search") for p in per)
+            for name in PICKS:
                 vals = [p[name]["eval_auc"] for p in per if p[name]]
                 lls = [p[name]["eval_logloss"] for p in per if p[name]]
                 row[name] = {"auc_mean": float(np.mean(vals)) if vals else None,
                              "auc_std": float(np.std(vals)) if vals else None,
                              "logloss_mean": float(np.mean(lls)) if lls else None, "n": len(vals)}
-            for ref in ("heuristic", "arm"):
-                pairs = [(p["search"]["eval_auc"], p[ref]["eval_auc"]) for p in per if p["search"] and p[ref]]
-                row[f"wins_vs_{ref}"] = sum(s >= h for s, h in pairs)
-                row[f"pairs_vs_{ref}"] = len(pairs)
-                row[f"delta_vs_{ref}"] = float(np.mean([s - h for s, h in pairs])) if pairs else None
+            for pick in ("selected", "search"):
+                for ref in ("heuristic", "arm"):
+                    pairs = [(p[pick]["eval_auc"], p[ref]["eval_auc"]) for p in per if p[pick] and p[ref]]
+                    row[f"{pick}_wins_vs_{ref}"] = sum(s >= h for s, h in pairs)
+                    row[f"{pick}_pairs_vs_{ref}"] = len(pairs)
+                    row[f"{pick}_delta_vs_{ref}"] = float(np.mean([s - h for s, h in pairs])) if pairs else None
             rows.append(row)
         out[variant] = rows
     return out
@@ -239,20 +247,23 @@ def plot(result: dict, path: str) -> str | None:
         if k in records:
             records[k]["p99_ms"] = v["p99_ms"]
     fronts = {kind: [r["label"] for r in pareto_front(records.values(), kind)] for kind in COST_KEYS}
-    picks = [{"label": row["search"]["label"]} for row in run0["budgets"] if row["search"]]
+    picks = [{"label": row["selected"]["label"]} for row in run0["budgets"] if row["selected"]]
     lat = result.get("latency") or {}
     return write_frontier_plot({"records": records, "fronts": fronts,
                                 "latency_batch": lat.get("budget", {}).get("batch", 64)}, path, picks)
 
 
 def markdown(results: list[dict]) -> str:
-    lines = ["# Budget-aware students: search pick vs the fixed rule at each budget", "",
+    lines = ["# Budget-aware students: the selected student vs the fixed rule at each budget", "",
              "Command(s) and data per section. Selection on the validation split carved from train; "
-             "every AUC / log-loss below is on eval. `search` = best validation AUC within the budget "
-             "(`matta_tf.frontier.select`); `heuristic` = the largest spec on the Student-TA line within "
-             "it (the fixed rule `mixnmatch_specs` uses); `arm` = the largest exported arm (student, mix_1, "
-             "ta) within it; `oracle` = best eval AUC within it (hindsight). Wins = seeds where the search "
-             "pick's eval AUC >= the rule's.", ""]
+             "every AUC / log-loss below is on eval (mean ± std over seeds). `selected` = what `matta "
+             "students select` exports (`select_over_rule`: the best validation AUC within the budget if "
+             "it beats the heuristic's pick on the validation rows at 95% confidence, paired bootstrap; "
+             "else the heuristic's pick); `search` = the best validation AUC within the budget, unguarded "
+             "(`select`); `heuristic` = the largest spec on the Student-TA line within it (the fixed rule "
+             "`mixnmatch_specs` uses); `arm` = the largest exported arm (student, mix_1, ta) within it; "
+             "`oracle` = best eval AUC within it (hindsight). Wins = seeds where the pick's eval AUC >= "
+             "the rule's; `search chosen` = seeds where the guard let the search's pick through.", ""]
     for res in results:
         summ = summarise(res)
         lines += [f"## {res['data']}", "", f"`{res['command']}`", "",
@@ -265,9 +276,10 @@ def markdown(results: list[dict]) -> str:
                   f"({res['runs'][0]['candidates']} candidates).", ""]
         for variant, rows in summ.items():
             lines += [f"### training: {variant}", "",
-                      "| budget | search AUC | heuristic AUC | arm AUC | oracle AUC | search - heuristic | "
-                      "wins vs heuristic | wins vs arm | search log-loss | heuristic log-loss |",
-                      "|---|---|---|---|---|---|---|---|---|---|"]
+                      "| budget | selected AUC | search AUC | heuristic AUC | arm AUC | oracle AUC | "
+                      "selected - heuristic | selected wins vs heuristic / arm | search wins vs heuristic | "
+                      "search chosen | selected log-loss | heuristic log-loss |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|---|"]
             for r in rows:
                 def cell(name, r=r):
                     c = r[name]
@@ -276,16 +288,18 @@ def markdown(results: list[dict]) -> str:
                 def ll(name, r=r):
                     c = r[name]
                     return "-" if c["logloss_mean"] is None else f"{c['logloss_mean']:.4f}"
-                d = r["delta_vs_heuristic"]
-                lines.append(f"| {r['budget']} | {cell('search')} | {cell('heuristic')} | {cell('arm')} | "
-                             f"{cell('oracle')} | {'-' if d is None else f'{d:+.4f}'} | "
-                             f"{r['wins_vs_heuristic']}/{r['pairs_vs_heuristic']} | "
-                             f"{r['wins_vs_arm']}/{r['pairs_vs_arm']} | {ll('search')} | {ll('heuristic')} |")
+                d = r["selected_delta_vs_heuristic"]
+                lines.append(f"| {r['budget']} | {cell('selected')} | {cell('search')} | {cell('heuristic')} | "
+                             f"{cell('arm')} | {cell('oracle')} | {'-' if d is None else f'{d:+.4f}'} | "
+                             f"{r['selected_wins_vs_heuristic']}/{r['selected_pairs_vs_heuristic']} / "
+                             f"{r['selected_wins_vs_arm']}/{r['selected_pairs_vs_arm']} | "
+                             f"{r['search_wins_vs_heuristic']}/{r['search_pairs_vs_heuristic']} | "
+                             f"{r['chose_search']}/{r['seeds']} | {ll('selected')} | {ll('heuristic')} |")
             lines.append("")
-        picks = [(r["seed"], r["variant"], row["budget"], (row["search"] or {}).get("label"),
+        picks = [(r["seed"], r["variant"], row["budget"], (row["selected"] or {}).get("label"),
                   (row["heuristic"] or {}).get("label")) for r in res["runs"] for row in r["budgets"]
                  if r["seed"] == 0]
-        lines += ["Seed 0 picks (search / heuristic): " + "; ".join(
+        lines += ["Seed 0 picks (selected / heuristic): " + "; ".join(
             f"{v} {b}: {s} / {h}" for _, v, b, s, h in picks), ""]
         lat = res.get("latency")
         if lat:
@@ -315,6 +329,8 @@ def main(argv=None) -> int:
     parser.add_argument("--teacher-steps", type=int, default=800)
     parser.add_argument("--train-pool", type=int, default=16, help="random sizes in the sampled training pool")
     parser.add_argument("--variants", default="pool,line", help="comma list of pool, line")
+    parser.add_argument("--confidence", type=float, default=0.95,
+                        help="select_over_rule: confidence the search's gain over the heuristic needs")
     parser.add_argument("--grid-points", type=int, default=3)
     parser.add_argument("--random-specs", type=int, default=32)
     parser.add_argument("--stage", choices=("quality", "latency"), default="quality",

@@ -19,7 +19,10 @@ split config (e.g. names [train, validation, eval], buckets [8, 1, 2]).
 3. returns a JSON-able frontier: every record, the fronts (madds, params, p99_ms) and the
    export directories.
 
-`select_students` picks the best front member within each `Budget`; for a latency budget
+`select_students` picks per `Budget` with `matta_tf.frontier.select_over_rule`: the best
+exported candidate within it, if its validation AUC beats the heuristic line's pick at 95%
+confidence, else the heuristic's pick (so front members, arms and the heuristic line are
+exported); for a latency budget
 it checks the pick's p99 on a real `matta serve` on loopback (`serving.latency`) and
 moves to the next-best candidate if the served p99 is over the budget (every attempt is
 recorded). `write_frontier_plot` draws quality against each cost with the exported arms,
@@ -33,6 +36,8 @@ import json
 import os
 import shutil
 
+import numpy as np
+
 from matta_tf.frontier import (
     COST_KEYS,
     Budget,
@@ -41,10 +46,11 @@ from matta_tf.frontier import (
     evaluate_candidates,
     heuristic_pick,
     pareto_front,
-    select,
+    select_over_rule,
 )
 
 FRONTIER_FILE = "frontier.json"
+LOGITS_FILE = "validation_logits.npz"  # per-candidate logits on the selection rows + labels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +61,8 @@ class BudgetSearch:
     grid_points: int = 3
     random_specs: int = 32
     seed: int = 0
+    heuristic_points: int = 11
+    confidence: float = 0.95  # select_over_rule
     max_rows: int | None = 20_000
     latency_batch: int = 64
     latency_calls: int = 200
@@ -63,14 +71,17 @@ class BudgetSearch:
     def __post_init__(self):
         if not isinstance(self.selection_split, str) or not self.selection_split:
             raise ValueError(f"selection_split must be a split name, got {self.selection_split!r}")
-        for name, low in (("grid_points", 2), ("random_specs", 0), ("seed", 0), ("latency_batch", 1),
-                          ("latency_calls", 1)):
+        for name, low in (("grid_points", 2), ("random_specs", 0), ("seed", 0), ("heuristic_points", 2),
+                          ("latency_batch", 1), ("latency_calls", 1)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
         if self.max_rows is not None and (isinstance(self.max_rows, bool) or not isinstance(self.max_rows, int)
                                           or self.max_rows < 1):
             raise ValueError(f"max_rows must be an int >= 1 or null, got {self.max_rows!r}")
+        if isinstance(self.confidence, bool) or not isinstance(self.confidence, (int, float)) \
+                or not 0.5 <= self.confidence < 1:
+            raise ValueError(f"confidence must be in [0.5, 1), got {self.confidence!r}")
         if not isinstance(self.verify_served, bool):
             raise ValueError(f"verify_served must be true or false, got {self.verify_served!r}")
 
@@ -142,18 +153,25 @@ def _export(model, spec, tft_output, export_dir: str, warmup: list[bytes], model
 
 
 def build_frontier(model, tft_output, serialized: list[bytes], workdir: str, *, grid_points: int = 3,
-                   random_specs: int = 32, mixnmatch: int = 1, seed: int = 0, latency_batch: int = 64,
+                   random_specs: int = 32, mixnmatch: int = 1, seed: int = 0, heuristic_points: int = 11,
+                   latency_batch: int = 64,
                    latency_calls: int = 200, model_name: str = "matta_ranker", log=print) -> dict:
     """The frontier of `model` on `serialized` (see the module docstring); exports go to
     `<workdir>/exports/<spec label>`."""
     from serving.latency import inprocess_latency
 
     candidates = candidate_specs(model.config, grid_points=grid_points, random_specs=random_specs,
-                                 seed=seed, mixnmatch=mixnmatch)
+                                 seed=seed, mixnmatch=mixnmatch, heuristic_points=heuristic_points)
     log(f"[students] scoring {len(candidates)} nested specs on {len(serialized)} examples")
-    records = evaluate_candidates(model, transformed_batches(serialized, tft_output), candidates)
+    records, logits, labels = evaluate_candidates(model, transformed_batches(serialized, tft_output), candidates,
+                                                  return_logits=True)
+    os.makedirs(workdir, exist_ok=True)
+    logits_file = os.path.join(workdir, LOGITS_FILE)
+    np.savez_compressed(logits_file, __labels__=labels, **logits)
     members = {r["label"] for kind in ("madds", "params") for r in pareto_front(records.values(), kind)}
-    members |= {label for label, r in records.items() if {"student", "ta"} & set(r["tags"])}
+    # The exported arms and the heuristic line too: `select_over_rule` may keep the rule's pick.
+    members |= {label for label, r in records.items()
+                if {"student", "ta", "heuristic"} & set(r["tags"]) or any(t.startswith("mix_") for t in r["tags"])}
     warmup = serialized[:8]
     exports = {}
     log(f"[students] exporting and timing {len(members)} front members at batch {latency_batch}")
@@ -168,9 +186,10 @@ def build_frontier(model, tft_output, serialized: list[bytes], workdir: str, *, 
         exports[label] = export_dir
     fronts = {kind: [r["label"] for r in pareto_front(records.values(), kind)] for kind in COST_KEYS}
     return {"records": records, "fronts": fronts, "exports": exports, "latency_batch": latency_batch,
+            "logits_file": logits_file,
             "latency": "in-process serving_default, sequential calls", "rows": len(serialized),
             "search": {"grid_points": grid_points, "random_specs": random_specs, "mixnmatch": mixnmatch,
-                       "seed": seed, "candidates": len(candidates)}}
+                       "seed": seed, "heuristic_points": heuristic_points, "candidates": len(candidates)}}
 
 
 def write_frontier(frontier: dict, out_dir: str) -> str:
@@ -190,26 +209,34 @@ def read_frontier(path: str) -> dict:
         return json.load(f)
 
 
+def read_logits(path: str) -> tuple[dict, np.ndarray]:
+    with np.load(path) as data:
+        logits = {k: data[k] for k in data.files if k != "__labels__"}
+        return logits, data["__labels__"]
+
+
 def select_students(frontier: dict, budgets: list[Budget], serialized: list[bytes] | None = None,
-                    verify_served: bool = True, served_calls: int = 300, log=print) -> list[dict]:
-    """One pick per budget: {budget, label, record, heuristic, arms, served (latency
-    budgets), attempts}. Only exported front members are candidates (for a madds or params
-    budget the best spec within it is always on that front)."""
+                    verify_served: bool = True, served_calls: int = 300, confidence: float = 0.95,
+                    log=print) -> list[dict]:
+    """One pick per budget: {budget, label, record, evidence, heuristic, arm, served
+    (latency budgets), attempts}. The pick is `select_over_rule` among the exported
+    candidates: the best validation AUC within the budget if it beats the heuristic
+    line's pick at `confidence`, else the heuristic's pick (exported for this). """
     from serving.latency import served_latency
 
     records = frontier["records"]
-    exported = [records[k] for k in frontier["exports"]]
+    logits, labels = read_logits(frontier["logits_file"])
     picks = []
     for budget in budgets:
         if budget.kind == "p99_ms" and budget.batch != frontier["latency_batch"]:
             raise ValueError(f"budget {budget.label}: the frontier's latency was measured at batch "
                              f"{frontier['latency_batch']}, not {budget.batch}; rerun "
                              f"`matta students frontier --latency-batch {budget.batch}`")
-        pool = list(exported)
+        pool = [records[k] for k in frontier["exports"]]
         attempts = []
-        chosen = None
+        chosen = evidence = None
         while pool:
-            rec = select(pool, budget)
+            rec, evidence = select_over_rule(pool, budget, logits, labels, confidence=confidence)
             if rec is None:
                 break
             if budget.kind == "p99_ms" and verify_served:
@@ -228,7 +255,8 @@ def select_students(frontier: dict, budgets: list[Budget], serialized: list[byte
         heuristic = heuristic_pick(records.values(), budget)
         arms = heuristic_pick(records.values(), budget, tags=arm_tags(records))
         picks.append({"budget": budget.to_dict(), "label": chosen["label"] if chosen else None,
-                      "record": chosen, "served": attempts[-1]["served"] if chosen and attempts else None,
+                      "record": chosen, "evidence": evidence,
+                      "served": attempts[-1]["served"] if chosen and attempts else None,
                       "attempts": attempts,
                       "heuristic": heuristic["label"] if heuristic else None,
                       "arm": arms["label"] if arms else None})

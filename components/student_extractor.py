@@ -170,10 +170,12 @@ class StudentExtractorExecutor(base_executor.BaseExecutor):
         log = lambda msg: tf.get_logger().info(msg)  # noqa: E731
         frontier = student_budget.build_frontier(
             model, tft_output, serialized, workdir, grid_points=search.grid_points,
-            random_specs=search.random_specs, seed=search.seed, latency_batch=search.latency_batch,
+            random_specs=search.random_specs, seed=search.seed, heuristic_points=search.heuristic_points,
+            latency_batch=search.latency_batch,
             latency_calls=search.latency_calls, model_name=model_name, log=log)
         picks = student_budget.select_students(
-            frontier, [Budget.from_dict(b) for b in budgets], serialized, verify_served=search.verify_served, log=log)
+            frontier, [Budget.from_dict(b) for b in budgets], serialized, verify_served=search.verify_served,
+            confidence=search.confidence, log=log)
         student_budget.write_frontier(frontier, workdir)
         student_budget.write_frontier_plot(frontier, os.path.join(workdir, "frontier.png"), picks)
         with open(os.path.join(workdir, "selection.json"), "w") as f:

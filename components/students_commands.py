@@ -34,6 +34,7 @@ def _frontier(args) -> int:
     frontier = student_budget.build_frontier(
         model, tft_output, serialized, args.out, grid_points=args.grid_points,
         random_specs=args.random_specs, mixnmatch=args.mixnmatch, seed=args.seed,
+        heuristic_points=args.heuristic_points,
         latency_batch=args.latency_batch, latency_calls=args.latency_calls, log=_log)
     frontier["inputs"] = {"model": os.path.abspath(model_dir), "transform_graph": os.path.abspath(args.transform_graph),
                           "examples": os.path.abspath(args.examples), "max_rows": args.max_rows}
@@ -74,7 +75,7 @@ def _select(args) -> int:
         inputs = frontier.get("inputs") or {}
         serialized = student_budget.read_serialized(student_budget.split_files(inputs["examples"]),
                                                     inputs.get("max_rows"))
-    picks = student_budget.select_students(frontier, budgets, serialized, log=_log)
+    picks = student_budget.select_students(frontier, budgets, serialized, confidence=args.confidence, log=_log)
     exported = student_budget.export_picks(frontier, picks, args.out)
     with open(os.path.join(args.out, "selection.json"), "w") as f:
         json.dump({"picks": picks, "exports": exported}, f, indent=1, sort_keys=True)
@@ -83,7 +84,10 @@ def _select(args) -> int:
         if p["label"]:
             rec = p["record"]
             served = f", served p99 {p['served']['p99_ms']:.3f} ms" if p.get("served") else ""
-            _log(f"[students] {p['budget']['label']}: {p['label']} (validation AUC {rec['auc']:.4f}, "
+            ev = p["evidence"] or {}
+            why = f"{ev.get('chosen')}" + (f", gain {ev['gain']:+.4f} (lower bound {ev['lower']:+.4f})"
+                                           if "gain" in ev else "")
+            _log(f"[students] {p['budget']['label']}: {p['label']} [{why}] (validation AUC {rec['auc']:.4f}, "
                  f"{rec['madds_per_example']} madds, {rec['params']} params{served}) -> "
                  f"{exported[p['budget']['label']]}")
     print(json.dumps({"exports": exported, "unmet": missing}, indent=1))
@@ -111,6 +115,8 @@ def register(subparsers) -> None:
     fr.add_argument("--random-specs", type=int, default=32, help="random per-layer specs to add")
     fr.add_argument("--mixnmatch", type=int, default=1, help="named mix_k sizes to include and mark")
     fr.add_argument("--seed", type=int, default=0, help="seed of the random specs")
+    fr.add_argument("--heuristic-points", type=int, default=11,
+                    help="specs on the Student-TA line (the fixed rule select compares with)")
     fr.add_argument("--max-rows", type=int, default=None, help="score at most this many examples (default all)")
     fr.add_argument("--latency-batch", type=int, default=64, help="request batch size latency is timed at")
     fr.add_argument("--latency-calls", type=int, default=200, help="timed calls per front member")
@@ -119,7 +125,8 @@ def register(subparsers) -> None:
     se = sub.add_parser("select", help="export the best student within each budget",
                         description="Picks, for each budget, the front member with the best validation "
                                     "AUC whose cost fits, copies its SavedModel to <out>/<label>/ and "
-                                    "writes <out>/selection.json. A --max-p99-ms pick is checked on a "
+                                    "writes <out>/selection.json. The heuristic line's pick is kept "
+                                    "unless the best one beats it at --confidence. A --max-p99-ms pick is checked on a "
                                     "real `matta serve` on loopback; if its served p99 is over the "
                                     "budget the next-best candidate is tried.")
     se.add_argument("--frontier", required=True, help="frontier.json or its directory")
@@ -129,5 +136,8 @@ def register(subparsers) -> None:
     se.add_argument("--batch", type=int, default=None, help="request batch size of --max-p99-ms")
     se.add_argument("--label", default=None, help="version label of the pick (one budget only; "
                                                   "default e.g. madds_30000, p99_2ms)")
+    se.add_argument("--confidence", type=float, default=0.95,
+                    help="keep the heuristic line's pick unless the best candidate beats it on the "
+                         "validation rows at this confidence (paired bootstrap)")
     se.add_argument("--out", required=True, help="output directory")
     se.set_defaults(func=_select)

@@ -21,7 +21,10 @@ rule of thumb:
    with cost one of `madds` (multiply-adds per example), `params`, or `p99_ms` (measured
    serving latency at a batch size; see `serving.latency`). The heuristic's pick for the
    same budget is the *largest* line spec within it (`heuristic_pick`): the rule of thumb
-   that knows cost but not quality.
+   that knows cost but not quality. `select_over_rule` (what `matta students select` and
+   StudentExtractor use) keeps the rule's pick unless the search's beats it on the
+   validation rows at 95% confidence (paired bootstrap of the AUC gain): many nested
+   specs are nearly equal, and the best of them on validation is partly noise.
 
 Selection must use a validation split carved from train; report the picks on eval.
 
@@ -180,9 +183,11 @@ def candidate_logits(model, dataset, specs: Mapping[str, SubmodelSpec], chunk: i
     return {n: np.concatenate(v) for n, v in out.items()}, np.concatenate(labels)
 
 
-def evaluate_candidates(model, dataset, candidates: Mapping[str, Candidate], chunk: int = 32) -> dict[str, dict]:
+def evaluate_candidates(model, dataset, candidates: Mapping[str, Candidate], chunk: int = 32,
+                        return_logits: bool = False):
     """{label: record}: spec, tags, validation metrics (`auc`, `logloss`, `calibration`),
-    `params` and `madds_per_example` (`matta_tf.extract.cost`)."""
+    `params` and `madds_per_example` (`matta_tf.extract.cost`); with `return_logits`,
+    (records, {label: logits}, labels) for `select_over_rule`."""
     from matta_tf.extract import cost
 
     logits, labels = candidate_logits(model, dataset, {k: c.spec for k, c in candidates.items()}, chunk)
@@ -190,7 +195,26 @@ def evaluate_candidates(model, dataset, candidates: Mapping[str, Candidate], chu
     for label, cand in candidates.items():
         records[label] = {"label": label, "spec": cand.spec.to_dict(), "tags": list(cand.tags),
                           **binary_metrics(logits[label], labels), **cost(model.config, cand.spec)}
-    return records
+    return (records, logits, labels) if return_logits else records
+
+
+def paired_auc_gain(labels: np.ndarray, candidate: np.ndarray, baseline: np.ndarray, n_boot: int = 500,
+                    confidence: float = 0.95, seed: int = 0) -> dict:
+    """AUC(candidate) - AUC(baseline) on the same rows, with a one-sided lower bound from a
+    paired bootstrap over rows: {"gain", "lower", "confidence", "n_boot"}; `lower` is the
+    (1 - confidence) quantile of the resampled gains."""
+    from matta_tf.metrics import roc_auc
+
+    labels, candidate, baseline = (np.asarray(x) for x in (labels, candidate, baseline))
+    if not 0.5 <= confidence < 1 or n_boot < 10:
+        raise ValueError(f"paired_auc_gain: confidence in [0.5, 1) and n_boot >= 10, got {confidence}, {n_boot}")
+    rng = np.random.default_rng(seed)
+    gains = np.empty(n_boot)
+    for i in range(n_boot):
+        idx = rng.integers(0, labels.size, labels.size)
+        gains[i] = roc_auc(labels[idx], candidate[idx]) - roc_auc(labels[idx], baseline[idx])
+    return {"gain": roc_auc(labels, candidate) - roc_auc(labels, baseline),
+            "lower": float(np.nanquantile(gains, 1 - confidence)), "confidence": confidence, "n_boot": n_boot}
 
 
 # --------------------------------------------------------------------------- frontier and budgets
@@ -295,3 +319,29 @@ def heuristic_pick(records: Iterable[Mapping], budget: Budget, tags=(HEURISTIC_T
     if not fits:
         return None
     return max(fits, key=lambda r: (cost_of(r, budget.kind), r["label"]))
+
+
+def select_over_rule(records: Iterable[Mapping], budget: Budget, logits: Mapping[str, np.ndarray],
+                     labels: np.ndarray, confidence: float = 0.95, n_boot: int = 500, seed: int = 0,
+                     tags=(HEURISTIC_TAG,)) -> tuple[Mapping | None, dict]:
+    """`select`, guarded by the fixed rule: the search's pick replaces the rule's pick
+    (`heuristic_pick` with `tags`) only if its validation AUC gain over it is positive at
+    `confidence` (`paired_auc_gain` lower bound > 0, same rows). With many near-equal
+    nested specs the best validation AUC is partly noise; this keeps the rule's student
+    unless the validation data say the search's is better.
+
+    Returns (record, evidence) with evidence {"chosen": "search" | "rule" | "search (no
+    rule pick)", "search", "rule", "gain", "lower", "confidence"}."""
+    records = list(records)
+    best = select(records, budget)
+    rule = heuristic_pick(records, budget, tags=tags)
+    evidence = {"search": best["label"] if best else None, "rule": rule["label"] if rule else None,
+                "confidence": confidence}
+    if best is None or rule is None or best["label"] == rule["label"]:
+        evidence["chosen"] = "search (no rule pick)" if rule is None and best is not None else "rule"
+        return (best if rule is None else rule), evidence
+    test = paired_auc_gain(labels, logits[best["label"]], logits[rule["label"]], n_boot=n_boot,
+                           confidence=confidence, seed=seed)
+    evidence.update(gain=test["gain"], lower=test["lower"])
+    evidence["chosen"] = "search" if test["lower"] > 0 else "rule"
+    return (best if test["lower"] > 0 else rule), evidence

@@ -167,3 +167,34 @@ def test_random_pool_is_seeded_distinct_and_trained():
     with pytest.raises(ValueError, match="sampled"):
         dataclasses.replace(CONFIG, mixnmatch_random_specs=2, mixnmatch_training="all",
                             loss_weights=LossWeights(mixnmatch=1.0))
+
+
+def test_select_over_rule_keeps_the_rule_unless_the_gain_is_clear():
+    rng = np.random.default_rng(0)
+    n = 4000
+    labels = (rng.random(n) < 0.3).astype(np.float32)
+    signal = labels * 1.0 + rng.normal(0, 1, n)
+    logits = {"a": signal + rng.normal(0, 0.05, n),      # ~ the rule's pick, a bit noisier
+              "b": signal + rng.normal(0, 0.05, n),      # the rule's pick
+              "c": labels + rng.normal(0, 0.6, n)}       # clearly better: less noise
+    def rec(label, madds, tags):
+        m = binary_metrics(logits[label], labels)
+        return {"label": label, "auc": m["auc"], "madds_per_example": madds, "params": madds, "tags": tags}
+
+    close = [rec("a", 10, ["grid"]), rec("b", 20, ["heuristic"])]
+    if close[0]["auc"] <= close[1]["auc"]:  # make "a" the raw best by a hair
+        logits["a"], logits["b"] = logits["b"], logits["a"]
+        close = [rec("a", 10, ["grid"]), rec("b", 20, ["heuristic"])]
+    budget = frontier.Budget("madds", 30)
+    assert frontier.select(close, budget)["label"] == "a"
+    pick, ev = frontier.select_over_rule(close, budget, logits, labels)
+    assert pick["label"] == "b" and ev["chosen"] == "rule" and ev["lower"] <= 0 < ev["gain"]
+    clear = close + [rec("c", 25, ["random"])]
+    pick, ev = frontier.select_over_rule(clear, budget, logits, labels)
+    assert pick["label"] == "c" and ev["chosen"] == "search" and ev["lower"] > 0
+    # No heuristic spec fits: the search's pick; nothing fits: None.
+    pick, ev = frontier.select_over_rule([rec("a", 10, ["grid"])], budget, logits, labels)
+    assert pick["label"] == "a" and ev["chosen"] == "search (no rule pick)"
+    assert frontier.select_over_rule(close, frontier.Budget("madds", 5), logits, labels)[0] is None
+    g = frontier.paired_auc_gain(labels, logits["c"], logits["b"], n_boot=200)
+    assert g["gain"] > 0.01 and g["lower"] > 0
