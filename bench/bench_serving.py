@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ import matta_tf  # noqa: F401  (before TensorFlow)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from bench.timing import closed_loop  # noqa: E402  (needs REPO on the path)
+from serving import latency  # noqa: E402
 
 BATCH_SIZES = (1, 64, 512)
 
@@ -81,22 +81,11 @@ def build_reference_students(root: str):
 
 def start_server(models_config: str, timeout_s: float = 180.0, batching_file: str | None = None,
                  grpc_threads: int = 8):
-    cmd = [sys.executable, "-m", "matta_tf.cli", "serve", "--model-config", models_config,
-           "--grpc-port", "0", "--rest-port", "-1", "--max-concurrency", "4",
-           "--grpc-threads", str(grpc_threads), "--max-request-bytes", str(64 * 1024 * 1024)]
+    args = ["--max-concurrency", "4", "--grpc-threads", str(grpc_threads),
+            "--max-request-bytes", str(64 * 1024 * 1024)]
     if batching_file:
-        cmd += ["--enable-batching", "--batching-parameters-file", batching_file]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if line.startswith("READY "):
-            fields = dict(kv.split("=") for kv in line.split()[1:])
-            return proc, int(fields["grpc"])
-    proc.kill()
-    raise RuntimeError("matta serve did not become ready")
+        args += ["--enable-batching", "--batching-parameters-file", batching_file]
+    return latency.start_server(models_config, timeout_s, args)
 
 
 def measure(client, label, batch, seconds, max_calls, threads):

@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,6 +42,7 @@ import matta_tf  # noqa: F401  (before TensorFlow)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from bench.bench_input_path import load_pipeline  # noqa: E402
+from serving import latency  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -58,23 +58,10 @@ def start_server(models_config: str, batching_file: str | None, grpc_threads: in
     """`matta serve` with its defaults (--max-concurrency 4 predictions at once: more
     concurrent TensorFlow calls oversubscribe the cores) and enough gRPC threads that every
     client's request is taken at once (so batching can merge them)."""
-    cmd = [sys.executable, "-m", "matta_tf.cli", "serve", "--model-config", models_config,
-           "--grpc-port", "0", "--rest-port", "-1", "--grpc-threads", str(grpc_threads)]
+    args = ["--grpc-threads", str(grpc_threads)]
     if batching_file:
-        cmd += ["--enable-batching", "--batching-parameters-file", batching_file]
-    env = dict(os.environ, PYTHONPATH=repo)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            cwd=repo, env=env)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if line.startswith("READY "):
-            fields = dict(kv.split("=") for kv in line.split()[1:])
-            return proc, int(fields["grpc"])
-    proc.kill()
-    raise RuntimeError("matta serve did not become ready")
+        args += ["--enable-batching", "--batching-parameters-file", batching_file]
+    return latency.start_server(models_config, 300, args, repo=repo)
 
 
 def columns_of(examples: list[bytes], names: dict) -> dict:

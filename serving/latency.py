@@ -72,11 +72,16 @@ def inprocess_latency(export_dir: str, examples: Sequence[bytes], batch: int, ca
     return latency_stats(_time_calls(lambda: fn(examples=inputs), calls, warmup), batch)
 
 
-def start_server(models_config: str, timeout_s: float = 180.0, extra_args: Sequence[str] = ()):
-    """(process, gRPC port) of a `matta serve` on loopback with free ports; the caller stops it."""
+def start_server(models_config: str, timeout_s: float = 180.0, extra_args: Sequence[str] = (),
+                 repo: str = REPO):
+    """(process, gRPC port) of a `matta serve` (the one in `repo`) on loopback with free
+    ports, REST off; the caller stops it (`stop_server`). Its stderr goes to a temporary
+    file (a pipe nobody reads would block a chatty server), shown if it fails to start."""
     cmd = [sys.executable, "-m", "matta_tf.cli", "serve", "--model-config", models_config,
-           "--grpc-port", "0", "--rest-port", "-1", "--file-system-poll-wait-seconds", "0", *extra_args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+           "--grpc-port", "0", "--rest-port", "-1", *extra_args]
+    err = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, cwd=repo,
+                            env=dict(os.environ, PYTHONPATH=repo))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -84,10 +89,14 @@ def start_server(models_config: str, timeout_s: float = 180.0, extra_args: Seque
             break
         if line.startswith("READY "):
             fields = dict(kv.split("=") for kv in line.split()[1:])
+            err.close()
             return proc, int(fields["grpc"])
     proc.kill()
-    err = proc.stderr.read()[-2000:] if proc.stderr else ""
-    raise RuntimeError(f"matta serve did not become ready within {timeout_s:.0f} s: {err.strip()}")
+    proc.wait()
+    err.seek(0)
+    tail = err.read()[-2000:].strip()
+    err.close()
+    raise RuntimeError(f"matta serve did not become ready within {timeout_s:.0f} s: {tail}")
 
 
 def stop_server(proc) -> None:
@@ -109,7 +118,7 @@ def served_latency(export_dirs: Mapping[str, str], examples: Sequence[bytes], ba
 
     with tempfile.TemporaryDirectory(prefix="matta-latency-") as tmp:
         deployment = write_deployment(os.path.join(tmp, "serving"), model_name, dict(export_dirs))
-        proc, port = start_server(deployment.models_config_path)
+        proc, port = start_server(deployment.models_config_path, extra_args=["--file-system-poll-wait-seconds", "0"])
         try:
             request = request_batch(examples, batch)
             out = {}
