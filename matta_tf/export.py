@@ -26,9 +26,10 @@ TFT layer the fused path reproduces (else `UnsupportedInputPath`, naming the mod
 why: pass `input_path="per_feature"` for anything else). Before a fused export is written
 its outputs are compared with the per-feature graph's on probe inputs (every vocabulary
 value, unknown and missing values, numeric special points, `check_examples`):
-categorical ids must be equal, numeric inputs within 1e-6 and logits within 1e-5 (both
+categorical ids must be equal, numeric inputs within 1e-6 and logits within 1e-4 (both
 relative above 1; the logits sum many float32 terms in another order, so equal graphs differ
-by ~1e-6 on the extreme probe values, while a wrong graph differs by orders more),
+by 1e-6-4e-6 on the extreme probe values, while a wrong id or transform moves a logit by
+~1e-2),
 else `FusedCheckError` names the model, the export dir, the signature (or model input)
 and the max |diff|, and nothing is written - there is no silent fallback to the slower
 graph. `loaded.input_path_info()` says which path was exported.
@@ -262,7 +263,7 @@ def _probe_examples(columns: dict, raw_spec: dict, rows: int, empty_lists: bool)
 
 
 def check_fused(reference: RankerServingModule, fused: FusedRankerServingModule, raw_spec: dict,
-                check_examples=(), tolerance: float = 1e-6, logit_tolerance: float = 1e-5,
+                check_examples=(), tolerance: float = 1e-6, logit_tolerance: float = 1e-4,
                 label: str = "model") -> dict:
     """Compares the fused module with the per-feature one on probe inputs: the categorical
     ids (exactly), the numeric model inputs (|diff| <= tolerance * max(1, |per-feature|))
