@@ -333,10 +333,10 @@ def main(argv=None) -> int:
                         help="select_over_rule: confidence the search's gain over the heuristic needs")
     parser.add_argument("--grid-points", type=int, default=3)
     parser.add_argument("--random-specs", type=int, default=32)
-    parser.add_argument("--stage", choices=("quality", "latency"), default="quality",
+    parser.add_argument("--stage", choices=("quality", "latency", "report"), default="quality",
                         help="quality: seeds x variants, search vs rule at each budget; latency: seed 0 "
                              "pool model, madds front timed, the --p99-ms pick checked on matta serve "
-                             "(<data>_latency.json; run it on a quiet machine)")
+                             "(<data>_latency.json; run it on a quiet machine); report: re-render only")
     parser.add_argument("--p99-ms", type=float, default=2.0, help="latency budget checked on matta serve")
     parser.add_argument("--latency-batch", type=int, default=64)
     parser.add_argument("--workdir", default=None, help="scratch folder for exports (default: system temp)")
@@ -344,8 +344,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.command = "bin/matta-env python -m bench.bench_frontier " + " ".join(argv or __import__("sys").argv[1:])
     os.makedirs(args.out, exist_ok=True)
-    result = run(args)
     name = args.data.replace(":", "_")
+    if args.stage == "report":  # re-render the plot and summary.md from the saved JSON
+        with open(os.path.join(args.out, f"{name}.json")) as f:
+            result = json.load(f)
+    else:
+        result = run(args)
     if args.stage == "latency":
         latency = {**result["latency"], "command": args.command, "load_average": result["load_average"]}
         with open(os.path.join(args.out, f"{name}_latency.json"), "w") as f:

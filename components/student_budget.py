@@ -314,6 +314,18 @@ def write_frontier_plot(frontier: dict, path: str, picks: list[dict] = ()) -> st
                             xytext=(3, -9), textcoords="offset points")
             if r["label"] in picked:
                 ax.scatter([cost_of(r, kind)], [r["auc"]], marker="*", c="tab:red", s=90)
+        # Degenerate specs (e.g. a width-1 ReLU layer that died: AUC 0.5) would squash the
+        # axis: show from a little below the front / arms / heuristic line, count the rest.
+        shown = [r["auc"] for r in have if r["label"] in frontier["fronts"][kind] or
+                 {"heuristic", "student", "ta"} & set(r["tags"])]
+        if shown:
+            top, low = max(r["auc"] for r in have), min(shown)
+            low -= 0.25 * max(top - low, 1e-3)
+            below = sum(r["auc"] < low for r in have)
+            ax.set_ylim(low, top + 0.1 * max(top - low, 1e-3))
+            if below:
+                ax.annotate(f"{below} candidate(s) below, not shown", (0.02, 0.02), xycoords="axes fraction",
+                            fontsize=7, color="0.4")
         ax.set_xlabel({"madds": "multiply-adds / example", "params": "parameters",
                        "p99_ms": f"p99 ms (batch {frontier['latency_batch']}, in-process)"}[kind])
         ax.set_ylabel("validation AUC")
