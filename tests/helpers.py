@@ -18,3 +18,15 @@ def np_inverse_root(a, p, matrix_eps):
         return np.eye(len(a))
     damped = np.maximum(lam, 0.0) + matrix_eps * lam.max()
     return (q * damped ** (-1.0 / p)) @ q.T
+
+
+def randomised_model(config, seed: int = 0):
+    """A MatTARanker with random non-zero weights everywhere (biases included), so every
+    nested slice matters in extraction / frontier tests."""
+    from matta_tf.model import MatTARanker
+
+    model = MatTARanker(config)
+    rng = np.random.default_rng(seed)
+    for w in model.network.weights:
+        w.assign(rng.normal(0, 0.3, w.shape).astype(np.float32))
+    return model

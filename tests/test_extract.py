@@ -5,6 +5,7 @@ import matta_tf  # noqa: F401
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import randomised_model
 
 from matta_tf.config import RankerConfig, SubmodelSpec
 from matta_tf.datasets import (
@@ -32,15 +33,6 @@ MIXED = {  # per-layer choices that are not an interpolation
 }
 
 
-def _randomised_model(config):
-    model = MatTARanker(config)
-    rng = np.random.default_rng(0)
-    # Random non-zero weights everywhere (biases included) so every slice matters.
-    for w in model.network.weights:
-        w.assign(rng.normal(0, 0.3, w.shape).astype(np.float32))
-    return model
-
-
 @pytest.fixture(scope="module")
 def features():
     table = generate_click_logs(256, seed=4, config=LOGS)
@@ -50,7 +42,7 @@ def features():
 @pytest.mark.parametrize("kind", sorted(CONFIGS))
 def test_extracted_models_equal_nested_forward(kind, features):
     config = CONFIGS[kind]
-    model = _randomised_model(config)
+    model = randomised_model(config)
     specs = {"student": config.student, "ta": config.ta, "mixed": MIXED[kind], **config.mixnmatch_specs(2),
              "random": config.random_spec(np.random.default_rng(1))}
     ta_params = cost(config, config.ta)["params"]
@@ -79,7 +71,7 @@ def test_size_head_extraction_is_exact(kind, size_heads, features):
     import dataclasses
 
     config = dataclasses.replace(CONFIGS[kind], mixnmatch_train_specs=2, size_heads=size_heads)
-    model = _randomised_model(config)
+    model = randomised_model(config)
     shared = dataclasses.replace(config, size_heads="shared")
     plain = MatTARanker(shared)
     plain.network.set_weights([w for w in model.network.get_weights()][:len(plain.network.weights)])
@@ -119,7 +111,7 @@ def test_extract_rejects_specs_outside_the_ta():
 
 def test_standalone_keras_serialization(tmp_path, features):
     config = CONFIGS["low_rank"]
-    small = extract(_randomised_model(config), MIXED["low_rank"], name="mixed")
+    small = extract(randomised_model(config), MIXED["low_rank"], name="mixed")
     want = small(features).numpy()
     clone = StandaloneRanker.from_config(small.get_config())
     clone(features)

@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import randomised_model
 
 from matta_tf import frontier
 from matta_tf.config import LossWeights, RankerConfig, SubmodelSpec
@@ -29,14 +30,6 @@ CONFIG = RankerConfig(features=FEATURES, student=SubmodelSpec(2, 2, (3, 2), (8, 
                       ta=SubmodelSpec(5, 3, (6, 5, 4), (20, 9, 7)))
 FULL_RANK = RankerConfig(features=FEATURES, student=SubmodelSpec(3, 1, (), (12,)),
                          ta=SubmodelSpec(6, 2, (), (24, 10)))
-
-
-def _randomised_model(config):
-    model = MatTARanker(config)
-    rng = np.random.default_rng(0)
-    for w in model.network.weights:
-        w.assign(rng.normal(0, 0.3, w.shape).astype(np.float32))
-    return model
 
 
 @pytest.mark.parametrize("config", [CONFIG, FULL_RANK], ids=["low_rank", "full_rank"])
@@ -74,7 +67,7 @@ def test_bad_search_settings_are_errors():
 
 
 def test_candidate_logits_equal_extracted_models():
-    model = _randomised_model(CONFIG)
+    model = randomised_model(CONFIG)
     table = generate_click_logs(300, seed=4, config=LOGS)
     batches = list(table_to_dataset(table, FEATURES, 128))
     cands = frontier.candidate_specs(CONFIG, grid_points=2, random_specs=6, seed=1)
