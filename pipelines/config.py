@@ -107,8 +107,13 @@ class PipelineConfig:
         if not isinstance(self.budgets, list):
             raise ValueError(f"pipeline config: budgets must be a list, got {self.budgets!r}")
         search = BudgetSearch.from_dict(self.budget_search or {}, where="pipeline config: budget_search")
-        labels = [Budget.from_dict(b, where=f"pipeline config: budgets[{i}]").label
-                  for i, b in enumerate(self.budgets)]
+        budgets = [Budget.from_dict(b, where=f"pipeline config: budgets[{i}]") for i, b in enumerate(self.budgets)]
+        for i, b in enumerate(budgets):
+            if b.kind == "p99_ms" and b.batch != search.latency_batch:
+                raise ValueError(f"pipeline config: budgets[{i}] is a p99 at batch {b.batch}, but the search "
+                                 f"times candidates at budget_search.latency_batch {search.latency_batch}; "
+                                 "make them equal")
+        labels = [b.label for b in budgets]
         clash = sorted({x for x in labels if labels.count(x) > 1} | (set(labels) & set(self.arms)))
         if clash:
             raise ValueError(f"pipeline config: budget labels {clash} repeat or equal an arm; give each "

@@ -22,11 +22,29 @@ BASE = {"data_root": "data", "pipeline_root": "out"}
     ({"train_steps": 1e3}, "pipeline config: train_steps must be int"),
     ({"enable_cache": 1}, "pipeline config: enable_cache must be bool"),
     ({"learning_rate": True}, "pipeline config: learning_rate must be float"),
+    ({"budgets": [{"max_madds": 1000}]}, "budgets pick students on the 'validation' split, but split.names"),
+    ({"budgets": [{"max_madds": 1000}], "split": {"names": ["train", "validation", "eval"]},
+      "budget_search": {"selection_split": "eval"}}, "budget_search.selection_split 'eval'"),
+    ({"budgets": [{"max_flops": 1}]}, "pipeline config: budgets[0]: give exactly one of"),
+    ({"budgets": [{"max_p99_ms": 2, "batch": 8}], "split": {"names": ["train", "validation", "eval"]}},
+     "budgets[0] is a p99 at batch 8, but the search times candidates at budget_search.latency_batch 64"),
+    ({"budgets": [{"max_madds": 5, "label": "ta"}], "split": {"names": ["train", "validation", "eval"]}},
+     "budget labels ['ta'] repeat or equal an arm"),
+    ({"budget_search": {"grid": 3}}, "pipeline config: budget_search: unknown key(s) ['grid']"),
+    ({"budget_search": {"confidence": 1.5}}, "confidence must be in [0.5, 1)"),
 ])
 def test_bad_configs_fail_on_load(extra, message):
     with pytest.raises(ValueError) as err:
         PipelineConfig.from_dict({**BASE, **extra})
     assert message in str(err.value)
+
+
+def test_budgets_load_with_their_labels():
+    config = PipelineConfig.from_dict({**BASE, "split": {"names": ["train", "validation", "eval"],
+                                                         "buckets": [8, 1, 2]},
+                                       "budgets": [{"max_madds": 60000}, {"max_p99_ms": 1.5, "batch": 64},
+                                                   {"max_params": 2e5, "label": "small"}]})
+    assert config.budget_labels() == ["madds_60000", "p99_1p5ms", "small"]
 
 
 def test_good_config_loads():
