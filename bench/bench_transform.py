@@ -8,7 +8,7 @@ executor with `components.transform_module.preprocessing_fn` and the demo's cust
 config (vocab_top_k 5000, 2 OOV buckets) on the DirectRunner (in_memory, 1 worker, as the
 demo). Variants:
 
-  legacy           the previous preprocessing_fn (`legacy_preprocessing_fn` below: one
+  legacy           the previous preprocessing_fn (transform_module.per_feature_preprocessing_fn: one
                    compute_and_apply_vocabulary per categorical feature), statistics on
   demo             transform_module.preprocessing_fn as the demo's pipeline runs it
                    (one-pass vocabularies; pre- and post-transform statistics on)
@@ -37,30 +37,6 @@ DEFAULT_OUT = os.path.join(HERE, "results", "ingest", "transform.json")
 DEFAULT_WORKDIR = os.path.join(HERE, "results", "tmp", "transform")
 
 
-def legacy_preprocessing_fn(inputs, custom_config):
-    """transform_module.preprocessing_fn as it was before issue 14 (for the comparison)."""
-    import tensorflow as tf
-    import tensorflow_transform as tft
-
-    from components.transform_module import _dense
-
-    out = {}
-    for name in custom_config["numeric"]:
-        x = tf.cast(_dense(inputs[name], tf.constant(0.0, inputs[name].dtype)), tf.float32)
-        x = tf.sign(x) * tf.math.log1p(tf.abs(x))
-        out[name] = tft.scale_to_z_score(x)
-    for name in custom_config["categorical"]:
-        x = _dense(inputs[name], "")
-        out[name] = tft.compute_and_apply_vocabulary(
-            x, top_k=custom_config.get("top_k"),
-            frequency_threshold=custom_config.get("frequency_threshold", 1),
-            num_oov_buckets=custom_config["oov_buckets"], vocab_filename=name)
-    label = custom_config["label"]
-    out["label"] = tf.cast(_dense(inputs[label], tf.constant(0, tf.int64)), tf.float32)
-    if "teacher_logit" in inputs:
-        out["teacher_logit"] = tf.cast(_dense(inputs["teacher_logit"], float("nan")), tf.float32)
-        out["has_teacher"] = _dense(inputs["has_teacher"], tf.constant(0, tf.int64))
-    return out
 
 
 def make_inputs(workdir: str, rows: int) -> tuple:
@@ -220,8 +196,8 @@ def same_outputs(a: dict, b: dict, rel: float = 1e-5) -> bool:
 VARIANTS = {
     "demo": ("components.transform_module.preprocessing_fn", False),
     "no_stats": ("components.transform_module.preprocessing_fn", True),
-    "legacy": ("bench.bench_transform.legacy_preprocessing_fn", False),
-    "legacy_no_stats": ("bench.bench_transform.legacy_preprocessing_fn", True),
+    "legacy": ("components.transform_module.per_feature_preprocessing_fn", False),
+    "legacy_no_stats": ("components.transform_module.per_feature_preprocessing_fn", True),
 }
 
 

@@ -182,12 +182,27 @@ def vocabularies(xs: dict, top_k: int | None, frequency_threshold: float | None)
     return paths
 
 
-def preprocessing_fn(inputs, custom_config):
+def _numeric_features(inputs, custom_config) -> dict:
+    """sign(x) log1p(|x|), z-scored (missing -> 0 first)."""
     out = {}
     for name in custom_config["numeric"]:
         x = tf.cast(_dense(inputs[name], tf.constant(0.0, inputs[name].dtype)), tf.float32)
         x = tf.sign(x) * tf.math.log1p(tf.abs(x))
         out[name] = tft.scale_to_z_score(x)
+    return out
+
+
+def _label_and_teacher(inputs, custom_config) -> dict:
+    label = custom_config["label"]
+    out = {"label": tf.cast(_dense(inputs[label], tf.constant(0, tf.int64)), tf.float32)}
+    if "teacher_logit" in inputs:
+        out["teacher_logit"] = tf.cast(_dense(inputs["teacher_logit"], float("nan")), tf.float32)
+        out["has_teacher"] = _dense(inputs["has_teacher"], tf.constant(0, tf.int64))
+    return out
+
+
+def preprocessing_fn(inputs, custom_config):
+    out = _numeric_features(inputs, custom_config)
     categorical = {name: _dense(inputs[name], "") for name in custom_config["categorical"]}
     if categorical:
         paths = vocabularies(categorical, custom_config.get("top_k"),
@@ -196,9 +211,19 @@ def preprocessing_fn(inputs, custom_config):
             out[name] = tft.apply_vocabulary(
                 x, deferred_vocab_filename_tensor=paths[name],
                 num_oov_buckets=custom_config["oov_buckets"])
-    label = custom_config["label"]
-    out["label"] = tf.cast(_dense(inputs[label], tf.constant(0, tf.int64)), tf.float32)
-    if "teacher_logit" in inputs:
-        out["teacher_logit"] = tf.cast(_dense(inputs["teacher_logit"], float("nan")), tf.float32)
-        out["has_teacher"] = _dense(inputs["has_teacher"], tf.constant(0, tf.int64))
+    out.update(_label_and_teacher(inputs, custom_config))
+    return out
+
+
+def per_feature_preprocessing_fn(inputs, custom_config):
+    """The same outputs with one `tft.compute_and_apply_vocabulary` per categorical feature
+    (the preprocessing_fn before issue 14): the reference the one-pass `vocabularies` is
+    tested against and the bench's baseline."""
+    out = _numeric_features(inputs, custom_config)
+    for name in custom_config["categorical"]:
+        out[name] = tft.compute_and_apply_vocabulary(
+            _dense(inputs[name], ""), top_k=custom_config.get("top_k"),
+            frequency_threshold=custom_config.get("frequency_threshold", 1),
+            num_oov_buckets=custom_config["oov_buckets"], vocab_filename=name)
+    out.update(_label_and_teacher(inputs, custom_config))
     return out

@@ -17,30 +17,7 @@ import matta_tf  # noqa: F401  (before TensorFlow: sets TF_USE_LEGACY_KERAS)
 # A dependency of the pipeline: missing must fail, not skip.
 import tensorflow_transform as tft
 
-
-def legacy_preprocessing_fn(inputs, custom_config):
-    """The preprocessing_fn before issue 14: one compute_and_apply_vocabulary per feature."""
-    import tensorflow as tf
-
-    from components.transform_module import _dense
-
-    out = {}
-    for name in custom_config["numeric"]:
-        x = tf.cast(_dense(inputs[name], tf.constant(0.0, inputs[name].dtype)), tf.float32)
-        x = tf.sign(x) * tf.math.log1p(tf.abs(x))
-        out[name] = tft.scale_to_z_score(x)
-    for name in custom_config["categorical"]:
-        x = _dense(inputs[name], "")
-        out[name] = tft.compute_and_apply_vocabulary(
-            x, top_k=custom_config.get("top_k"),
-            frequency_threshold=custom_config.get("frequency_threshold", 1),
-            num_oov_buckets=custom_config["oov_buckets"], vocab_filename=name)
-    label = custom_config["label"]
-    out["label"] = tf.cast(_dense(inputs[label], tf.constant(0, tf.int64)), tf.float32)
-    if "teacher_logit" in inputs:
-        out["teacher_logit"] = tf.cast(_dense(inputs["teacher_logit"], float("nan")), tf.float32)
-        out["has_teacher"] = _dense(inputs["has_teacher"], tf.constant(0, tf.int64))
-    return out
+from components.transform_module import per_feature_preprocessing_fn  # noqa: E402
 
 
 def make_rows(n=600, seed=0):
@@ -86,7 +63,7 @@ def test_one_pass_vocabularies_equal_tft(tmp_path, top_k, threshold):
     config = {"numeric": ["I1", "I2"], "categorical": ["C1", "C2", "C3", "C4"], "label": "label",
               "oov_buckets": 2, "top_k": top_k, "frequency_threshold": threshold}
     rows = make_rows()
-    want_data, want = run(tmp_path, "legacy", legacy_preprocessing_fn, config, rows)
+    want_data, want = run(tmp_path, "legacy", per_feature_preprocessing_fn, config, rows)
     got_data, got = run(tmp_path, "new", transform_module.preprocessing_fn, config, rows)
     for c in config["categorical"]:
         with open(want.vocabulary_file_by_name(c), "rb") as f:
